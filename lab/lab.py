@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""The sevenleague lab: podman containers that act as Debian hosts.
+
+    lab.py images   build the base and host images if they are missing
+    lab.py up       images, network, one container per inventory host, SSH key
+    lab.py down     remove the lab's containers and network, nothing else
+    lab.py status   what is running
+
+Hosts, addresses and the subnet come from the lab inventory, so the inventory
+is the only list of lab hosts.  Every step checks before it acts: `up` on a
+running lab changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "lab"
+STATE = ROOT / ".lab"
+INVENTORY = ROOT / "inventories" / "lab"
+BASE_IMAGE = "localhost/sevenleague-base:bookworm"
+HOST_IMAGE = "localhost/sevenleague-node:bookworm"
+LABEL = "io.sevenleague.lab=1"
+SSH_KEY = STATE / "ssh" / "id_ed25519"
+KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
+# NET_ADMIN so nftables works in the container's own network namespace,
+# NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
+CAPS = ["NET_ADMIN", "NET_RAW"]
+
+
+def log(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def podman(*args: str, check: bool = True, capture: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CONTAINERS_CONF=str(LAB / "containers.conf"))
+    return subprocess.run(
+        ["podman", *args], check=check, text=True, env=env,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None, **kw)
+
+
+def exists(kind: str, name: str) -> bool:
+    return podman(kind, "exists", name, check=False).returncode == 0
+
+
+def lab_config() -> dict:
+    """Read hosts and network from the lab inventory."""
+    hosts_file = INVENTORY / "hosts.yml"
+    lab_vars = yaml.safe_load((INVENTORY / "group_vars" / "all" / "lab.yml").read_text())
+    inv = yaml.safe_load(hosts_file.read_text())
+    hosts: dict[str, str] = {}
+
+    def walk(group: dict) -> None:
+        for name, hvars in (group.get("hosts") or {}).items():
+            hosts[name] = (hvars or {}).get("ansible_host", name)
+        for child in (group.get("children") or {}).values():
+            walk(child or {})
+
+    walk(inv["all"])
+    subnet = ipaddress.ip_network(lab_vars["lab_subnet"])
+    for name, addr in hosts.items():
+        if ipaddress.ip_address(addr) not in subnet:
+            sys.exit(f"lab: {name} has ansible_host {addr}, outside lab_subnet {subnet}: "
+                     f"fix inventories/lab/hosts.yml")
+    return {"hosts": hosts, "subnet": str(subnet), "network": lab_vars["lab_network"]}
+
+
+def container_name(host: str) -> str:
+    return "sl-" + host.split(".")[0]
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine already uses, so the lab needs no other."""
+    candidates = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
+    for path in candidates:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if not words or line.lstrip().startswith("#"):
+                continue
+            if words[0] == "URIs:" and "security" not in words[1]:
+                return words[1]
+            if words[0] == "deb" and "security" not in line:
+                return next(w for w in words[1:] if "://" in w)
+    return "http://deb.debian.org/debian"
+
+
+def context_digest() -> str:
+    h = hashlib.sha256()
+    for name in ("Containerfile", "ssh-host-keys.service"):
+        h.update((LAB / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def image_label(image: str, label: str) -> str:
+    out = podman("image", "inspect", image, "--format", "{{ index .Labels \"%s\" }}" % label, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def build_images(rebuild: bool = False) -> None:
+    if rebuild or not exists("image", BASE_IMAGE):
+        if shutil.which("debootstrap") is None:
+            sys.exit("lab: debootstrap is missing: run `make deps` (or apt-get install debootstrap)")
+        mirror = debian_mirror()
+        log(f"building {BASE_IMAGE} with debootstrap from {mirror} (about a minute)")
+        with tempfile.TemporaryDirectory(prefix="sl-rootfs-") as rootfs:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase",
+                 "--include=python3,systemd,systemd-sysv,dbus,iproute2,ca-certificates",
+                 "bookworm", rootfs, mirror],
+                check=True, stdout=subprocess.DEVNULL)
+            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+            podman("import", "--change", "CMD /sbin/init", "-", BASE_IMAGE, stdin=tar.stdout)
+            if tar.wait() != 0:
+                sys.exit("lab: tar of the debootstrap tree failed")
+    digest = context_digest()
+    if rebuild or image_label(HOST_IMAGE, "io.sevenleague.context") != digest:
+        log(f"building {HOST_IMAGE}")
+        podman("build", "--label", f"io.sevenleague.context={digest}", "-t", HOST_IMAGE,
+               "-f", str(LAB / "Containerfile"), str(LAB), capture=False)
+
+
+def ensure_ssh_key() -> None:
+    if SSH_KEY.exists():
+        return
+    SSH_KEY.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sevenleague-lab",
+                    "-f", str(SSH_KEY)], check=True)
+    log(f"generated the lab SSH key {SSH_KEY.relative_to(ROOT)}")
+
+
+def ensure_network(cfg: dict) -> None:
+    if exists("network", cfg["network"]):
+        out = podman("network", "inspect", cfg["network"], "--format",
+                     "{{ range .Subnets }}{{ .Subnet }} {{ end }}")
+        if cfg["subnet"] not in out.stdout.split():
+            sys.exit(f"lab: network {cfg['network']} exists with subnet {out.stdout.strip()}, "
+                     f"not {cfg['subnet']}: run `make lab-down` first")
+        return
+    log(f"creating network {cfg['network']} ({cfg['subnet']})")
+    podman("network", "create", "--subnet", cfg["subnet"], "--label", LABEL, cfg["network"])
+
+
+def wait_for_ssh(host: str, addr: str, timeout: int = 60) -> None:
+    deadline = time.monotonic() + timeout
+    cmd = ["ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
+           "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+           f"root@{addr}", "true"]
+    while time.monotonic() < deadline:
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            return
+        time.sleep(1)
+    sys.exit(f"lab: {host} ({addr}) did not accept SSH within {timeout}s: "
+             f"see `podman logs {container_name(host)}`")
+
+
+def forget_host_key(addr: str) -> None:
+    if KNOWN_HOSTS.exists():
+        subprocess.run(["ssh-keygen", "-R", addr, "-f", str(KNOWN_HOSTS)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def up(cfg: dict) -> None:
+    build_images()
+    ensure_ssh_key()
+    ensure_network(cfg)
+    pubkey = SSH_KEY.with_suffix(".pub").read_text()
+    for host, addr in cfg["hosts"].items():
+        name = container_name(host)
+        if exists("container", name):
+            state = podman("inspect", name, "--format", "{{ .State.Running }}").stdout.strip()
+            if state != "true":
+                log(f"starting {name}")
+                podman("start", name)
+            wait_for_ssh(host, addr)
+            continue
+        log(f"creating {name} ({host}, {addr})")
+        forget_host_key(addr)
+        podman("run", "-d", "--name", name, "--hostname", host,
+               "--network", cfg["network"], "--ip", addr, "--label", LABEL,
+               *[f"--cap-add={c}" for c in CAPS],
+               "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
+               HOST_IMAGE, "/sbin/init")
+        podman("exec", "-i", name, "sh", "-c",
+               "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys "
+               "&& chmod 0600 /root/.ssh/authorized_keys", input=pubkey)
+        wait_for_ssh(host, addr)
+    log(f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping`")
+
+
+def down(cfg: dict) -> None:
+    for host, addr in cfg["hosts"].items():
+        name = container_name(host)
+        if exists("container", name):
+            log(f"removing {name}")
+            podman("rm", "-f", "-t", "5", name)
+        forget_host_key(addr)
+    if exists("network", cfg["network"]):
+        log(f"removing network {cfg['network']}")
+        podman("network", "rm", cfg["network"])
+
+
+def status(cfg: dict) -> None:
+    for host, addr in cfg["hosts"].items():
+        name = container_name(host)
+        state = "absent"
+        if exists("container", name):
+            state = podman("inspect", name, "--format", "{{ .State.Status }}").stdout.strip()
+        print(f"{host:32} {addr:15} {name:12} {state}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["images", "up", "down", "status"])
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the images even if they exist")
+    args = parser.parse_args()
+    if args.command == "images":
+        build_images(args.rebuild)
+        return
+    cfg = lab_config()
+    {"up": up, "down": down, "status": status}[args.command](cfg)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or "").strip().splitlines()[-1:] if isinstance(exc.stderr, str) else []
+        sys.exit(f"lab: `{' '.join(map(str, exc.cmd))}` failed ({exc.returncode}) {' '.join(detail)}")
