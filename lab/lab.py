@@ -35,6 +35,7 @@ HOST_IMAGE = "localhost/sevenleague-node:bookworm"
 LABEL = "io.sevenleague.lab=1"
 SSH_KEY = STATE / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
+SSH_CONFIG = STATE / "ssh" / "config"
 # NET_ADMIN so nftables works in the container's own network namespace,
 # NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
 CAPS = ["NET_ADMIN", "NET_RAW"]
@@ -186,20 +187,46 @@ def up(cfg: dict) -> None:
             if state != "true":
                 log(f"starting {name}")
                 podman("start", name)
-            wait_for_ssh(host, addr)
-            continue
-        log(f"creating {name} ({host}, {addr})")
-        forget_host_key(addr)
-        podman("run", "-d", "--name", name, "--hostname", host,
-               "--network", cfg["network"], "--ip", addr, "--label", LABEL,
-               *[f"--cap-add={c}" for c in CAPS],
-               "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
-               HOST_IMAGE, "/sbin/init")
-        podman("exec", "-i", name, "sh", "-c",
-               "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys "
-               "&& chmod 0600 /root/.ssh/authorized_keys", input=pubkey)
+        else:
+            log(f"creating {name} ({host}, {addr})")
+            forget_host_key(addr)
+            podman("run", "-d", "--name", name, "--hostname", host,
+                   "--network", cfg["network"], "--ip", addr, "--label", LABEL,
+                   *[f"--cap-add={c}" for c in CAPS],
+                   "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
+                   HOST_IMAGE, "/sbin/init")
+        authorize_key(name, pubkey)
         wait_for_ssh(host, addr)
-    log(f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping`")
+    write_ssh_config(cfg)
+    log(f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping` or "
+        f"`ssh -F {SSH_CONFIG.relative_to(ROOT)} {next(iter(cfg['hosts'])).split('.')[0]}`")
+
+
+def authorize_key(name: str, pubkey: str) -> None:
+    """Make the lab key the container's only root key; unchanged if it already is."""
+    podman("exec", "-i", name, "sh", "-c",
+           "install -d -m 0700 /root/.ssh && f=/root/.ssh/authorized_keys && "
+           "t=$(mktemp /root/.ssh/.ak.XXXXXX) && cat > \"$t\" && "
+           "if cmp -s \"$t\" \"$f\"; then rm -f \"$t\"; "
+           "else chmod 0600 \"$t\" && mv \"$t\" \"$f\"; fi", input=pubkey)
+
+
+def write_ssh_config(cfg: dict) -> None:
+    """An ssh_config for people and tests: `ssh -F .lab/ssh/config app1`."""
+    lines = ["# Written by lab/lab.py up; the lab's hosts by short and full name."]
+    for host, addr in cfg["hosts"].items():
+        lines += [f"Host {host.split('.')[0]} {host} {addr}",
+                  f"    HostName {addr}",
+                  "    User root",
+                  f"    IdentityFile {SSH_KEY}",
+                  "    IdentitiesOnly yes",
+                  f"    UserKnownHostsFile {KNOWN_HOSTS}",
+                  "    StrictHostKeyChecking accept-new",
+                  "    ControlMaster auto",
+                  "    ControlPath /tmp/sl-lab-%C",
+                  "    ControlPersist 60s",
+                  ""]
+    SSH_CONFIG.write_text("\n".join(lines))
 
 
 def down(cfg: dict) -> None:
@@ -209,6 +236,8 @@ def down(cfg: dict) -> None:
             log(f"removing {name}")
             podman("rm", "-f", "-t", "5", name)
         forget_host_key(addr)
+    if SSH_CONFIG.exists():
+        SSH_CONFIG.unlink()
     if exists("network", cfg["network"]):
         log(f"removing network {cfg['network']}")
         podman("network", "rm", cfg["network"])

@@ -1,0 +1,67 @@
+# sevenleague: the commands a user runs.  `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Molecule calls ansible-config from PATH; podman reads the lab's settings.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+
+# Debian packages the controller needs for the lab and the tests.
+APT_PACKAGES := podman runc debootstrap uidmap slirp4netns openssh-client iproute2 python3-venv
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help deps apt-deps images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: apt-deps $(VENV)/.installed ## install the Debian packages and the Python venv
+
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt | apt-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+images: deps ## build the lab's base and host images (once per machine)
+	$(PY) lab/lab.py images
+
+lab-up: images ## start the lab fleet (changes nothing when it runs)
+	$(PY) lab/lab.py up
+
+lab-down: ## remove the lab's containers and network, nothing else
+	$(PY) lab/lab.py down
+
+lab-status: ## list the lab hosts and their state
+	$(PY) lab/lab.py status
+
+site: lab-up ## bring up the lab and converge site.yml on it
+	ansible-playbook site.yml
+
+lint: deps ## ansible-lint (production profile) and yamllint
+	$(PY) tests/run.py lint
+
+test-unit: deps ## unit tests (tests/unit)
+	$(PY) tests/run.py unit
+
+test-role: images ## one role's Molecule scenarios: make test-role ROLE=common
+	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<role>"; exit 2; }
+	$(PY) tests/run.py roles $(ROLE)
+
+test-system: images ## a fresh lab, site.yml twice, then tests/system
+	$(PY) tests/run.py system
+
+test: images ## everything: lint, unit, every role, system; ends with "N passed, N failed"
+	$(PY) tests/run.py all
+
+clean: lab-down ## remove the lab and local caches (keeps the venv and images)
+	rm -rf .cache
