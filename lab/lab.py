@@ -83,9 +83,11 @@ def container_name(host: str) -> str:
     return "sl-" + host.split(".")[0]
 
 
-def debian_mirror() -> str:
+APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+
+
+def debian_mirror(candidates=APT_SOURCES) -> str:
     """The Debian mirror this machine already uses, so the lab needs no other."""
-    candidates = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
     for path in candidates:
         if not path.exists():
             continue
@@ -97,6 +99,8 @@ def debian_mirror() -> str:
                 return words[1]
             if words[0] == "deb" and "security" not in line:
                 return next(w for w in words[1:] if "://" in w)
+            if words[0] == "URIs:" or words[0] == "deb":
+                continue
     return "http://deb.debian.org/debian"
 
 

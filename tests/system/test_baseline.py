@@ -1,0 +1,99 @@
+"""The baseline layer on every lab host, as a user relies on it."""
+
+import socket
+import subprocess
+
+import pytest
+from conftest import LAB_HOSTS, ansible_playbook
+
+
+def reachable(address, port, timeout=2.0):
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_site_converges_every_host(site_runs):
+    first = site_runs[0]
+    assert first.rc == 0, first.output[-3000:]
+    assert sorted(first.recap) == sorted(LAB_HOSTS)
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in first.recap.values())
+
+
+def test_second_site_run_changes_nothing(converged):
+    second = converged[1]
+    assert second.rc == 0, second.output[-3000:]
+    changed = {host: r["changed"] for host, r in second.recap.items() if r["changed"]}
+    assert sorted(second.recap) == sorted(LAB_HOSTS)
+    assert changed == {}, f"second run changed: {changed}; see .cache/reports/site-2.log"
+
+
+def test_check_mode_on_the_converged_fleet_is_clean(converged):
+    run = ansible_playbook("site.yml", "--check", log="site-check.log")
+    assert run.rc == 0, run.output[-3000:]
+    assert all(r["changed"] == 0 for r in run.recap.values()), run.recap
+
+
+def test_wrong_variable_type_fails_before_any_host_changes(converged):
+    """A string where a list belongs stops the run at the first task, naming the variable."""
+    run = ansible_playbook("site.yml", "-e", '{"common_sshd_allowed_sources": "10.0.0.0/8"}',
+                           log="site-bad-type.log")
+    assert run.rc != 0
+    assert "common_sshd_allowed_sources must be a list, but is the string '10.0.0.0/8'" in run.output
+    assert sorted(run.recap) == sorted(LAB_HOSTS)
+    assert all(r["changed"] == 0 for r in run.recap.values()), run.recap
+
+
+def test_no_unit_failed(hosts, lab_host):
+    failed = hosts[lab_host].check_output("systemctl list-units --failed --plain --no-legend")
+    assert failed == ""
+
+
+def test_services_of_the_baseline_run(hosts, lab_host):
+    host = hosts[lab_host]
+    for service in ("ssh", "chrony", "nftables", "systemd-journald"):
+        assert host.service(service).is_running or host.service(service).is_valid, service
+        assert host.service(service).is_enabled or service == "systemd-journald", service
+    assert host.run("chronyc -n tracking").rc == 0
+
+
+def test_firewall_drops_what_no_rule_opens(hosts, lab_host):
+    """A real listener on a port without a rule: the host reaches it, the controller does not."""
+    host = hosts[lab_host]
+    address = LAB_HOSTS[lab_host]
+    host.run("systemctl stop sl-probe.service")
+    started = host.run("systemd-run --unit sl-probe --property=Type=exec "
+                       "/usr/bin/python3 -m http.server --bind 0.0.0.0 8089")
+    assert started.rc == 0, started.stderr
+    try:
+        assert host.run("for i in $(seq 50); do curl -fsS -o /dev/null http://127.0.0.1:8089/ && exit 0; "
+                        "sleep 0.1; done; exit 1").rc == 0
+        assert not reachable(address, 8089)
+        assert reachable(address, 22)
+    finally:
+        host.run("systemctl stop sl-probe.service")
+
+
+def test_sshd_refuses_passwords(lab_host):
+    address = LAB_HOSTS[lab_host]
+    result = subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no",
+         "-o", "PreferredAuthentications=password,keyboard-interactive",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "ConnectTimeout=5", f"root@{address}", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Permission denied (publickey)" in result.stderr
+
+
+def test_journal_is_persistent(hosts, lab_host):
+    host = hosts[lab_host]
+    machine_id = host.file("/etc/machine-id").content_string.strip()
+    assert host.file(f"/var/log/journal/{machine_id}").is_directory
+
+
+@pytest.mark.parametrize("suite", ["bookworm-updates", "bookworm-security"])
+def test_apt_follows_updates_and_security(hosts, lab_host, suite):
+    assert suite in hosts[lab_host].check_output("apt-cache policy")

@@ -1,0 +1,86 @@
+"""The firewall rule filter: what a role or inventory may declare, and how
+source groups become addresses."""
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from firewall import firewall_rules, host_address
+
+GROUPS = {"monitoring": ["mon1", "mon2"], "apps": ["app1"], "empty": []}
+HOSTVARS = {
+    "mon1": {"ansible_host": "10.0.0.14"},
+    # Named by DNS in the inventory: the address comes from its cached facts.
+    "mon2": {"ansible_host": "mon2.example.internal",
+             "ansible_facts": {"default_ipv4": {"address": "10.0.0.15"}}},
+    "app1": {"ansible_host": "fd00::21"},
+}
+
+
+def test_source_groups_resolve_to_host_addresses():
+    [rule] = firewall_rules([{"name": "node_exporter", "port": 9100, "source_groups": ["monitoring"]}],
+                            GROUPS, HOSTVARS)
+    assert rule == {"name": "node_exporter", "proto": "tcp", "ports": ["9100"],
+                    "ipv4": ["10.0.0.14/32", "10.0.0.15/32"], "ipv6": []}
+
+
+def test_ipv6_hosts_and_networks_are_kept_apart():
+    [rule] = firewall_rules([{"name": "api", "port": "8000-8100", "proto": "udp",
+                              "sources": ["192.168.1.0/24", "::/0"], "source_groups": ["apps"]}],
+                            GROUPS, HOSTVARS)
+    assert rule["ports"] == ["8000-8100"]
+    assert rule["proto"] == "udp"
+    assert rule["ipv4"] == ["192.168.1.0/24"]
+    assert rule["ipv6"] == ["::/0", "fd00::21/128"]
+
+
+def test_output_is_sorted_and_deduplicated_so_reruns_render_the_same_file():
+    rules = [{"name": "web", "port": [443, 80, "443"], "sources": ["10.0.0.2", "10.0.0.1", "10.0.0.2/32"]}]
+    [rule] = firewall_rules(rules, GROUPS, HOSTVARS)
+    assert rule["ports"] == ["80", "443"]
+    assert rule["ipv4"] == ["10.0.0.1/32", "10.0.0.2/32"]
+
+
+def test_host_bits_in_a_network_are_forgiven():
+    [rule] = firewall_rules([{"name": "lan", "port": 22, "sources": ["10.1.2.3/24"]}])
+    assert rule["ipv4"] == ["10.1.2.0/24"]
+
+
+def test_an_empty_group_opens_nothing():
+    [rule] = firewall_rules([{"name": "later", "port": 9090, "source_groups": ["empty"]}], GROUPS, HOSTVARS)
+    assert rule["ipv4"] == [] and rule["ipv6"] == []
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ({"name": "x", "port": 0, "sources": ["10.0.0.1"]}, "outside 1-65535"),
+    ({"name": "x", "port": 70000, "sources": ["10.0.0.1"]}, "outside 1-65535"),
+    ({"name": "x", "port": "100-10", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
+    ({"name": "x", "port": "http", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
+    ({"name": "x", "port": True, "sources": ["10.0.0.1"]}, "not a port number"),
+    ({"name": "x", "sources": ["10.0.0.1"]}, "has no port"),
+    ({"name": "x", "port": 80}, "names no sources"),
+    ({"name": "x", "port": 80, "sources": "10.0.0.1"}, "lists, not strings"),
+    ({"name": "x", "port": 80, "sources": ["10.0.0.300"]}, "not an address or network"),
+    ({"name": "x", "port": 80, "source_groups": ["monitring"]}, "'monitring' is not an inventory group"),
+    ({"name": "x", "port": 80, "proto": "icmp", "sources": ["10.0.0.1"]}, "must be tcp or udp"),
+    ({"name": "x y", "port": 80, "sources": ["10.0.0.1"]}, "must be 1-64 letters"),
+    ({"name": "x", "port": 80, "source": ["10.0.0.1"]}, "unknown keys ['source']"),
+])
+def test_bad_rules_are_refused_with_the_reason(rule, message):
+    with pytest.raises(AnsibleFilterError, match=None) as err:
+        firewall_rules([rule], GROUPS, HOSTVARS)
+    assert message in str(err.value)
+
+
+def test_a_rule_name_used_twice_is_refused():
+    rule = {"name": "dup", "port": 80, "sources": ["10.0.0.1"]}
+    with pytest.raises(AnsibleFilterError, match="declared twice"):
+        firewall_rules([rule, dict(rule, port=81)])
+
+
+def test_rules_must_be_a_list():
+    with pytest.raises(AnsibleFilterError, match="must be a list"):
+        firewall_rules({"name": "x"})
+
+
+def test_a_host_without_address_or_facts_is_named():
+    with pytest.raises(AnsibleFilterError, match="no address known for db1"):
+        host_address("db1", {"db1": {"ansible_host": "db1.example.internal"}})

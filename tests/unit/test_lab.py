@@ -1,0 +1,37 @@
+"""The lab tool's reading of the inventory and of the machine's apt sources."""
+
+import ipaddress
+
+import lab
+
+
+def test_lab_inventory_gives_every_host_a_unique_address_in_the_subnet():
+    cfg = lab.lab_config()
+    subnet = ipaddress.ip_network(cfg["subnet"])
+    addresses = list(cfg["hosts"].values())
+    assert len(addresses) == len(set(addresses))
+    assert all(ipaddress.ip_address(a) in subnet for a in addresses)
+    # The fleet of the design: one ca, repo, logs and monitoring host, two app hosts.
+    assert len(cfg["hosts"]) >= 6
+
+
+def test_container_names_are_short_and_prefixed():
+    assert lab.container_name("app1.sevenleague.test") == "sl-app1"
+
+
+def test_mirror_from_deb822_sources(tmp_path):
+    sources = tmp_path / "debian.sources"
+    sources.write_text("# comment\nTypes: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\n"
+                       "Types: deb\nURIs: http://mirror.example/debian-security\n")
+    assert lab.debian_mirror([sources]) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path):
+    sources = tmp_path / "sources.list"
+    sources.write_text("deb http://security.example/debian-security bookworm-security main\n"
+                       "deb [arch=amd64] http://mirror.example/debian bookworm main\n")
+    assert lab.debian_mirror([tmp_path / "missing", sources]) == "http://mirror.example/debian"
+
+
+def test_mirror_falls_back_to_the_debian_redirector(tmp_path):
+    assert lab.debian_mirror([tmp_path / "missing"]) == "http://deb.debian.org/debian"

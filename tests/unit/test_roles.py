@@ -1,0 +1,68 @@
+"""Conventions every role keeps (STYLE.md): the argument spec is the
+contract, defaults match it key for key, the README is generated from it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
+
+
+def spec_options(role):
+    specs = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    options = {}
+    for entry in specs["argument_specs"].values():
+        options.update(entry.get("options") or {})
+    return options
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_has_the_standard_parts(role):
+    base = ROOT / "roles" / role
+    for part in ("meta/argument_specs.yml", "defaults/main.yml", "tasks/main.yml", "tasks/preflight.yml",
+                 "README.md", "molecule/default/molecule.yml", "molecule/default/converge.yml"):
+        assert (base / part).exists(), f"roles/{role}/{part} is missing"
+    assert list((base / "molecule" / "default" / "tests").glob("test_*.py")), f"{role} has no testinfra tests"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_defaults_match_the_argument_spec_key_for_key(role):
+    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+    options = spec_options(role)
+    assert sorted(defaults) == sorted(name for name, spec in options.items() if not (spec or {}).get("required"))
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, f"{role}: {name} default differs between defaults and spec"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_variables_carry_the_role_prefix(role):
+    for name in spec_options(role):
+        assert name.startswith(f"{role}_"), f"{name} should start with {role}_"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_roles_do_not_depend_on_each_other_through_meta(role):
+    meta = ROOT / "roles" / role / "meta" / "main.yml"
+    if meta.exists():
+        assert not (yaml.safe_load(meta.read_text()) or {}).get("dependencies"), \
+            f"{role}: order roles in playbooks, not through meta dependencies"
+
+
+@pytest.mark.parametrize("template", sorted((ROOT / "roles").glob("*/templates/*.j2")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_templates_say_they_are_managed(template):
+    text = template.read_text()
+    # Macro libraries render nothing themselves.
+    if text.lstrip().startswith("{#") and "{% macro" in text:
+        return
+    assert "ansible_managed" in text.split("\n", 3)[0] + text.split("\n", 3)[1]
+
+
+def test_readmes_are_generated_from_the_current_specs():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "role_readme.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
