@@ -9,10 +9,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 
 # Debian packages the controller needs for the lab and the tests.
-APT_PACKAGES := podman runc debootstrap uidmap slirp4netns openssh-client iproute2 python3-venv
+APT_PACKAGES := podman runc debootstrap uidmap slirp4netns openssh-client iproute2 python3-venv \
+                dpkg-dev lintian reprepro gnupg
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help deps apt-deps images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
+.PHONY: help deps apt-deps debs images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +32,9 @@ $(VENV)/.installed: requirements.txt | apt-deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
+
+debs: deps ## build the app, Envoy and OpenBao packages into build/debs (reproducible)
+	$(PY) packaging/build.py
 
 images: deps ## build the lab's base and host images (once per machine)
 	$(PY) lab/lab.py images

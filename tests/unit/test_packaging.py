@@ -1,0 +1,82 @@
+"""The .deb packages: reproducible, lintian-clean, and shaped as the hosts expect."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = [sys.executable, str(ROOT / "packaging" / "build.py")]
+
+
+def build(out: Path, *names: str) -> dict[str, str]:
+    subprocess.run([*BUILD, "--out", str(out), *names], check=True, capture_output=True, text=True)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.deb"))}
+
+
+@pytest.fixture(scope="module")
+def all_debs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("debs")
+    build(out)
+    return out
+
+
+def test_all_four_packages_are_built(all_debs):
+    names = sorted(p.name.split("_")[0] for p in all_debs.glob("*.deb"))
+    assert names == ["envoy", "frontend", "greeter", "openbao"]
+
+
+def test_same_sources_give_byte_identical_packages(tmp_path, all_debs, monkeypatch):
+    # A second build in another folder, at another time and umask, of the same commit.
+    monkeypatch.setenv("TZ", "Pacific/Auckland")
+    again = build(tmp_path, "greeter", "frontend", "envoy", "openbao")
+    first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in all_debs.glob("*.deb")}
+    assert again == first
+
+
+def test_an_unchanged_package_is_not_rewritten(tmp_path):
+    build(tmp_path, "greeter")
+    result = subprocess.run([*BUILD, "--out", str(tmp_path), "greeter"], check=True, capture_output=True, text=True)
+    assert result.stdout.startswith("unchanged ")
+
+
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian is not installed (make deps)")
+def test_lintian_finds_nothing_above_info(all_debs):
+    result = subprocess.run(["lintian", "--fail-on", "warning", "-L", ">=warning", "--tag-display-limit", "0",
+                             *map(str, sorted(all_debs.glob("*.deb")))], capture_output=True, text=True)
+    findings = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert findings == [] and result.returncode == 0, result.stdout + result.stderr
+
+
+def fields(deb: Path) -> str:
+    return subprocess.run(["dpkg-deb", "-I", str(deb)], check=True, capture_output=True, text=True).stdout
+
+
+def contents(deb: Path) -> str:
+    return subprocess.run(["dpkg-deb", "-c", str(deb)], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("app", ["greeter", "frontend"])
+def test_app_package_ships_script_config_and_hardened_unit(all_debs, app):
+    [deb] = all_debs.glob(f"{app}_*.deb")
+    listing = contents(deb)
+    for path in (f"./usr/lib/{app}/{app}.py", f"./usr/lib/{app}/svc.py", f"./etc/{app}/{app}.json",
+                 f"./lib/systemd/system/{app}.service"):
+        assert path in listing
+    assert "root/root" in listing and "0/0" not in listing.split()[1]
+    control = subprocess.run(["dpkg-deb", "-e", str(deb), str(all_debs / f"{app}-ctl")], check=True)
+    assert control.returncode == 0
+    assert (all_debs / f"{app}-ctl" / "conffiles").read_text() == f"/etc/{app}/{app}.json\n"
+    unit = (ROOT / "packaging" / app / f"{app}.service").read_text()
+    for setting in (f"User={app}", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet="):
+        assert setting in unit
+
+
+@pytest.mark.parametrize(("name", "binary"), [("envoy", "./usr/bin/envoy"), ("openbao", "./usr/bin/bao")])
+def test_platform_package_carries_the_wheel_binary(all_debs, name, binary):
+    [deb] = all_debs.glob(f"{name}_*.deb")
+    assert binary in contents(deb)
+    assert "Architecture: amd64" in fields(deb)
