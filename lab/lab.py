@@ -163,7 +163,7 @@ def ensure_network(cfg: dict) -> None:
 def wait_for_ssh(host: str, addr: str, timeout: int = 60) -> None:
     deadline = time.monotonic() + timeout
     cmd = ["ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
-           "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+           "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
            f"root@{addr}", "true"]
     while time.monotonic() < deadline:
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
@@ -173,10 +173,23 @@ def wait_for_ssh(host: str, addr: str, timeout: int = 60) -> None:
              f"see `podman logs {container_name(host)}`")
 
 
-def forget_host_key(addr: str) -> None:
-    if KNOWN_HOSTS.exists():
-        subprocess.run(["ssh-keygen", "-R", addr, "-f", str(KNOWN_HOSTS)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def host_key(name: str, timeout: int = 30) -> str:
+    """The container's SSH host key, read through podman: no trust on first use."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = podman("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            return " ".join(out.stdout.split()[:2])
+        time.sleep(0.5)
+    sys.exit(f"lab: {name} has no SSH host key after {timeout}s: see `podman logs {name}`")
+
+
+def write_known_hosts(cfg: dict) -> None:
+    lines = []
+    for host, addr in cfg["hosts"].items():
+        key = host_key(container_name(host))
+        lines.append(f"{addr},{host},{host.split('.')[0]} {key}")
+    KNOWN_HOSTS.write_text("\n".join(lines) + "\n")
 
 
 def up(cfg: dict) -> None:
@@ -193,13 +206,14 @@ def up(cfg: dict) -> None:
                 podman("start", name)
         else:
             log(f"creating {name} ({host}, {addr})")
-            forget_host_key(addr)
             podman("run", "-d", "--name", name, "--hostname", host,
                    "--network", cfg["network"], "--ip", addr, "--label", LABEL,
                    *[f"--cap-add={c}" for c in CAPS],
                    "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
                    HOST_IMAGE, "/sbin/init")
         authorize_key(name, pubkey)
+    write_known_hosts(cfg)
+    for host, addr in cfg["hosts"].items():
         wait_for_ssh(host, addr)
     write_ssh_config(cfg)
     log(f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping` or "
@@ -225,7 +239,7 @@ def write_ssh_config(cfg: dict) -> None:
                   f"    IdentityFile {SSH_KEY}",
                   "    IdentitiesOnly yes",
                   f"    UserKnownHostsFile {KNOWN_HOSTS}",
-                  "    StrictHostKeyChecking accept-new",
+                  "    StrictHostKeyChecking yes",
                   "    ControlMaster auto",
                   "    ControlPath /tmp/sl-lab-%C",
                   "    ControlPersist 60s",
@@ -239,9 +253,9 @@ def down(cfg: dict) -> None:
         if exists("container", name):
             log(f"removing {name}")
             podman("rm", "-f", "-t", "5", name)
-        forget_host_key(addr)
-    if SSH_CONFIG.exists():
-        SSH_CONFIG.unlink()
+    for path in (SSH_CONFIG, KNOWN_HOSTS):
+        if path.exists():
+            path.unlink()
     if exists("network", cfg["network"]):
         log(f"removing network {cfg['network']}")
         podman("network", "rm", cfg["network"])

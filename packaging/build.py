@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import gzip
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -44,6 +45,8 @@ class Package:
     files: dict[str, tuple[Path, int]]
     conffiles: list[str] = field(default_factory=list)
     user: str | None = None
+    # What the package is made of, for its timestamp: the last commit touching these.
+    sources: list[str] = field(default_factory=list)
     # Enable and start the unit on install (apps); platform daemons wait for their role's config.
     start_on_install: bool = True
 
@@ -90,6 +93,7 @@ def app_package(name: str, summary: str) -> Package:
         },
         conffiles=[f"/etc/{name}/{name}.json"],
         user=name,
+        sources=[f"apps/{name}", "apps/common", "apps/README.md", f"packaging/{name}", "packaging/build.py"],
     )
 
 
@@ -110,6 +114,7 @@ def packages() -> dict[str, Package]:
                 "lib/systemd/system/envoy.service": (PACKAGING / "envoy" / "envoy.service", 0o644),
             },
             user="envoy", start_on_install=False,
+            sources=["requirements.txt", "packaging/envoy", "packaging/build.py"],
         ),
         "openbao": Package(
             name="openbao", version=bao_version, architecture="amd64",
@@ -122,6 +127,7 @@ def packages() -> dict[str, Package]:
                 "lib/systemd/system/openbao.service": (PACKAGING / "openbao" / "openbao.service", 0o644),
             },
             user="openbao", start_on_install=False,
+            sources=["requirements.txt", "packaging/openbao", "packaging/build.py"],
         ),
     }
 
@@ -287,11 +293,29 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
     return target, True
 
 
-def source_date_epoch() -> int:
+def source_date_epoch(pkg: Package) -> int:
+    """SOURCE_DATE_EPOCH if set, else the time of the last commit that touched the
+    package's own sources: a commit elsewhere must not change a package's bytes
+    (its version would stay the same, and a published version never changes)."""
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
-    result = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(["git", "log", "-1", "--format=%ct", "--", *pkg.sources], cwd=ROOT,
+                            capture_output=True, text=True)
     return int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else 1700000000
+
+
+def inputs_digest(pkg: Package, epoch: int) -> str:
+    """Everything the .deb is made of; equal digests give equal files."""
+    digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
+    digest.update(repr((pkg.name, pkg.full_version, pkg.architecture, pkg.description, pkg.long_description,
+                        pkg.depends, pkg.conffiles, pkg.user, pkg.start_on_install, epoch)).encode())
+    for dest, (src, mode) in sorted(pkg.files.items()):
+        digest.update(f"{dest}:{mode:o}:".encode())
+        with src.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def main() -> int:
@@ -304,14 +328,22 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown packages {sorted(unknown)}; choose from {sorted(available)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    epoch = source_date_epoch()
     for name in args.names or available:
         pkg = available[name]
+        epoch = source_date_epoch(pkg)
         # Older builds of the same package would be published too: keep only this one.
-        for stale in args.out.glob(f"{pkg.name}_*.deb"):
-            if stale.name != pkg.filename:
+        for stale in [*args.out.glob(f"{pkg.name}_*.deb"), *args.out.glob(f".{pkg.name}_*.deb.inputs")]:
+            if stale.name not in (pkg.filename, f".{pkg.filename}.inputs"):
                 stale.unlink()
-        target, changed = build(pkg, args.out, epoch)
+        # Skip the slow part (compressing 100-200 MB binaries) when nothing changed.
+        stamp = args.out / f".{pkg.filename}.inputs"
+        digest = inputs_digest(pkg, epoch)
+        target = args.out / pkg.filename
+        if target.exists() and stamp.exists() and stamp.read_text() == digest:
+            changed = False
+        else:
+            target, changed = build(pkg, args.out, epoch)
+            stamp.write_text(digest)
         shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
         print(f"{'built' if changed else 'unchanged'} {shown}")
     return 0

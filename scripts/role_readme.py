@@ -36,7 +36,7 @@ def _describe(spec: dict) -> str:
         description = " ".join(description)
     if spec.get("choices"):
         description += " One of " + ", ".join(f"`{c}`" for c in spec["choices"]) + "."
-    return description.replace("|", "\\|").replace("\n", " ")
+    return description.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
 
 def _type(spec: dict) -> str:

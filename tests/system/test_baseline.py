@@ -4,7 +4,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import LAB_HOSTS, ansible_playbook
+from conftest import LAB_HOSTS, ROOT, ansible_playbook
 
 
 def reachable(address, port, timeout=2.0):
@@ -18,7 +18,8 @@ def reachable(address, port, timeout=2.0):
 def test_site_converges_every_host(site_runs):
     first = site_runs[0]
     assert first.rc == 0, first.output[-3000:]
-    assert sorted(first.recap) == sorted(LAB_HOSTS)
+    # Every lab host, and the controller, which builds the packages.
+    assert sorted(first.recap) == sorted([*LAB_HOSTS, "localhost"])
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in first.recap.values())
 
 
@@ -26,7 +27,7 @@ def test_second_site_run_changes_nothing(converged):
     second = converged[1]
     assert second.rc == 0, second.output[-3000:]
     changed = {host: r["changed"] for host, r in second.recap.items() if r["changed"]}
-    assert sorted(second.recap) == sorted(LAB_HOSTS)
+    assert sorted(second.recap) == sorted([*LAB_HOSTS, "localhost"])
     assert changed == {}, f"second run changed: {changed}; see .cache/reports/site-2.log"
 
 
@@ -42,7 +43,7 @@ def test_wrong_variable_type_fails_before_any_host_changes(converged):
                            log="site-bad-type.log")
     assert run.rc != 0
     assert "common_sshd_allowed_sources must be a list, but is the string '10.0.0.0/8'" in run.output
-    assert sorted(run.recap) == sorted(LAB_HOSTS)
+    assert set(LAB_HOSTS) <= set(run.recap)
     assert all(r["changed"] == 0 for r in run.recap.values()), run.recap
 
 
@@ -97,3 +98,24 @@ def test_journal_is_persistent(hosts, lab_host):
 @pytest.mark.parametrize("suite", ["bookworm-updates", "bookworm-security"])
 def test_apt_follows_updates_and_security(hosts, lab_host, suite):
     assert suite in hosts[lab_host].check_output("apt-cache policy")
+
+
+def test_every_host_trusts_the_internal_repository_by_its_own_key(hosts, lab_host):
+    host = hosts[lab_host]
+    source = host.file("/etc/apt/sources.list.d/sevenleague.sources").content_string
+    assert "Signed-By: /etc/apt/keyrings/sevenleague.asc" in source
+    assert "http://10.213.7.12/" in source
+
+
+def test_app_host_installs_greeter_from_the_internal_repository(hosts):
+    """A pinned version, with the repository's signature checked, then its health endpoint."""
+    host = hosts["app1.sevenleague.test"]
+    version = sorted((ROOT / "build" / "debs").glob("greeter_*.deb"))[-1].name.split("_")[1]
+    install = host.run(f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q greeter={version}")
+    assert install.rc == 0, install.stdout + install.stderr
+    assert "WARNING: The following packages cannot be authenticated" not in install.stdout
+    assert host.package("greeter").version == version
+    policy = host.check_output("apt-cache policy greeter")
+    assert "http://10.213.7.12 bookworm/main" in policy
+    health = host.run("for i in $(seq 50); do curl -fsS http://127.0.0.1:8081/healthz && exit 0; sleep 0.2; done; exit 1")
+    assert health.rc == 0 and '"ok"' in health.stdout

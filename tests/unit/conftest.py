@@ -4,5 +4,5 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for folder in ("roles/common/filter_plugins", "plugins/action", "lab", "scripts"):
+for folder in ("roles/common/filter_plugins", "plugins/action", "lab", "scripts", "library"):
     sys.path.insert(0, str(ROOT / folder))

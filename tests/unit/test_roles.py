@@ -12,11 +12,19 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
 
 
-def spec_options(role):
+def entry_points(role):
     specs = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    return {name: entry.get("options") or {} for name, entry in specs["argument_specs"].items()}
+
+
+def spec_options(role):
+    """Every option of every entry point; the non-required spec wins, since it carries the default."""
     options = {}
-    for entry in specs["argument_specs"].values():
-        options.update(entry.get("options") or {})
+    for entry in entry_points(role).values():
+        for name, spec in entry.items():
+            spec = spec or {}
+            if name not in options or options[name].get("required"):
+                options[name] = spec
     return options
 
 
@@ -36,6 +44,11 @@ def test_defaults_match_the_argument_spec_key_for_key(role):
     assert sorted(defaults) == sorted(name for name, spec in options.items() if not (spec or {}).get("required"))
     for name, value in defaults.items():
         assert options[name].get("default") == value, f"{role}: {name} default differs between defaults and spec"
+    # An option repeated in another entry point must say the same default.
+    for entry, entry_options in entry_points(role).items():
+        for name, spec in entry_options.items():
+            if "default" in (spec or {}):
+                assert spec["default"] == defaults.get(name), f"{role}: {name} default differs in {entry}"
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -1,0 +1,71 @@
+"""apt trusts the internal repository through its own keyring only, and
+refuses it the moment its metadata or key does not match."""
+
+import pytest
+
+LISTS = "/var/lib/apt/lists"
+DIST = "/srv/apt/dists/bookworm"
+
+
+def update(host):
+    """apt-get update, reading the internal repository's files afresh."""
+    host.run(f"find {LISTS} -maxdepth 1 -name '*bookworm_main*' ! -name '*debian*' -delete; "
+             f"find {LISTS} -maxdepth 1 -name '*_dists_bookworm_*Release*' ! -name '*debian*' -delete")
+    return host.run("apt-get update")
+
+
+def test_keyring_and_source(host):
+    keyring = host.file("/etc/apt/keyrings/sevenleague.asc")
+    assert keyring.user == "root" and keyring.mode == 0o644
+    assert keyring.contains("BEGIN PGP PUBLIC KEY BLOCK")
+    source = host.file("/etc/apt/sources.list.d/sevenleague.sources").content_string
+    assert "Signed-By: /etc/apt/keyrings/sevenleague.asc" in source
+    assert "trusted" not in source.lower()
+    # Only scoped to this source: not in apt's global trust.
+    assert not host.file("/etc/apt/trusted.gpg.d/sevenleague.asc").exists
+
+
+def test_the_untouched_repository_updates_cleanly(host):
+    result = update(host)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "W:" not in result.stdout + result.stderr and "E:" not in result.stderr
+
+
+@pytest.fixture
+def restore(host):
+    host.run(f"cp -a {DIST} /tmp/dist-backup && cp -a /etc/apt/keyrings/sevenleague.asc /tmp/keyring-backup")
+    yield
+    host.run(f"rm -rf {DIST} && cp -a /tmp/dist-backup {DIST} && "
+             "cp -a /tmp/keyring-backup /etc/apt/keyrings/sevenleague.asc")
+    assert update(host).rc == 0
+
+
+def test_a_tampered_packages_file_is_refused(host, restore):
+    # apt fetches a compressed index when there is one: tamper with every form of it.
+    packages = f"{DIST}/main/binary-amd64/Packages"
+    host.run(f"printf 'Package: evil\\nVersion: 6.6.6\\n\\n' >> {packages} && "
+             f"if [ -e {packages}.gz ]; then gzip -9nc {packages} > {packages}.gz; fi && "
+             f"if [ -e {packages}.xz ]; then xz -c {packages} > {packages}.xz; fi")
+    result = update(host)
+    output = result.stdout + result.stderr
+    assert result.rc != 0
+    assert "Hash Sum mismatch" in output or "unexpected size" in output, output
+
+
+def test_a_tampered_release_file_is_refused(host, restore):
+    host.run(f"sed -i 's/^Label: sevenleague/Label: evil/' {DIST}/InRelease")
+    result = update(host)
+    output = result.stdout + result.stderr
+    assert result.rc != 0
+    assert "signatures were invalid" in output or "BADSIG" in output, output
+
+
+def test_a_repository_signed_by_an_unknown_key_is_refused(host, restore):
+    other = host.run(
+        "export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key 'stranger' ed25519 sign 0"
+        " && gpg --batch --armor --export stranger > /etc/apt/keyrings/sevenleague.asc")
+    assert other.rc == 0, other.stderr
+    result = update(host)
+    output = result.stdout + result.stderr
+    assert result.rc != 0
+    assert "NO_PUBKEY" in output or "is not signed" in output, output

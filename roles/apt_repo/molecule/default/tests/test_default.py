@@ -1,0 +1,108 @@
+"""The repository host and a client after converge: the client installs from
+the signed repository, publishing is safe, and only the fleet reaches it."""
+
+import os
+import socket
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+BASEDIR = "/srv/apt"
+GNUPGHOME = "/var/lib/apt-repo/gnupg"
+
+
+def get(name):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="module")
+def repo():
+    return get("sl-molecule-repo")
+
+
+@pytest.fixture(scope="module")
+def client():
+    return get("sl-molecule-client")
+
+
+@pytest.fixture(scope="module")
+def repo_address(repo):
+    return repo.interface("eth0").addresses[0]
+
+
+@pytest.fixture(scope="module")
+def greeter_version(repo):
+    return repo.check_output(f"dpkg-deb --field {repo_incoming(repo)} Version")
+
+
+def repo_incoming(repo):
+    return repo.check_output("ls /var/lib/apt-repo/incoming/greeter_*.deb").split()[0]
+
+
+def test_client_installed_greeter_from_the_repository(client, repo_address, greeter_version):
+    assert client.package("greeter").version == greeter_version
+    policy = client.check_output("apt-cache policy greeter")
+    assert f"http://{repo_address} bookworm/main" in policy
+
+
+def test_installed_greeter_answers(client):
+    assert client.service("greeter").is_running
+    assert client.check_output("curl -fsS http://127.0.0.1:8081/healthz") == '{"status": "ok"}'
+
+
+def test_indexes_are_signed_by_the_published_key(repo):
+    check = repo.run(
+        f"gpg --dearmor < {BASEDIR}/sevenleague-archive-keyring.asc > /tmp/keyring.gpg && "
+        f"gpgv --keyring /tmp/keyring.gpg {BASEDIR}/dists/bookworm/InRelease")
+    assert check.rc == 0, check.stderr
+
+
+def test_private_key_stays_in_its_root_only_home(repo):
+    home = repo.file(GNUPGHOME)
+    assert home.user == "root" and home.mode == 0o700
+    public = repo.check_output(f"gpg --batch --show-keys --with-colons {BASEDIR}/sevenleague-archive-keyring.asc")
+    assert public.startswith("pub:") and "\nsec:" not in public
+    served = repo.run(f"grep -rl 'PRIVATE KEY' {BASEDIR}")
+    assert served.stdout == ""
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    ("/sevenleague-archive-keyring.asc", "200"),
+    ("/dists/bookworm/InRelease", "200"),
+    ("/conf/distributions", "404"),
+    ("/db/packages.db", "404"),
+    ("/", "404"),
+])
+def test_nginx_serves_only_what_apt_needs(client, repo_address, path, code):
+    got = client.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{repo_address}{path}")
+    assert got == code
+
+
+def test_hosts_outside_the_fleet_cannot_reach_the_repository(repo_address):
+    # The controller is not in the inventory, so the firewall drops it.
+    with pytest.raises(OSError):
+        socket.create_connection((repo_address, 80), timeout=2).close()
+
+
+def test_publishing_the_same_file_again_changes_nothing(repo):
+    result = repo.ansible("reprepro_include",
+                          f"basedir={BASEDIR} codename=bookworm deb={repo_incoming(repo)} gnupghome={GNUPGHOME}",
+                          check=False)
+    assert result.get("changed") is False and result.get("action") == "unchanged", result
+
+
+def test_a_changed_file_with_a_published_version_is_refused(repo):
+    deb = repo_incoming(repo)
+    rebuilt = repo.run(
+        f"rm -rf /tmp/rebuild && dpkg-deb -R {deb} /tmp/rebuild && echo '# changed' >> /tmp/rebuild/usr/lib/greeter/greeter.py"
+        f" && dpkg-deb --root-owner-group --build /tmp/rebuild /tmp/greeter-changed.deb")
+    assert rebuilt.rc == 0, rebuilt.stderr
+    result = repo.ansible("reprepro_include",
+                          f"basedir={BASEDIR} codename=bookworm deb=/tmp/greeter-changed.deb gnupghome={GNUPGHOME}",
+                          check=False)
+    # testinfra hands back the module's result; the refusal is its message.
+    assert "already published from a different file" in result.get("msg", ""), result
+    assert "raise the version" in result["msg"]
+    published = repo.check_output(f"sha256sum {BASEDIR}/pool/main/g/greeter/*.deb").split()[0]
+    assert published == repo.check_output(f"sha256sum {deb}").split()[0]
