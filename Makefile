@@ -13,7 +13,7 @@ APT_PACKAGES := podman runc debootstrap uidmap slirp4netns openssh-client iprout
                 dpkg-dev lintian reprepro gnupg
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help deps apt-deps debs images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
+.PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ test-system: images ## a fresh lab, site.yml twice, then tests/system
 
 test: images ## everything: lint, unit, every role, system; ends with "N passed, N failed"
 	$(PY) tests/run.py all
+
+bench: images ## time the package build, a fresh lab and two converges; appends to bench/RESULTS.md
+	$(PY) bench/run.py
 
 clean: lab-down ## remove the lab and local caches (keeps the venv and images)
 	rm -rf .cache

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import ipaddress
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,8 @@ LABEL = "io.sevenleague.lab=1"
 SSH_KEY = STATE / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
 SSH_CONFIG = STATE / "ssh" / "config"
+# The lab CA's root key passphrase; a real site keeps it in ansible-vault.
+CA_PASSPHRASE = STATE / "ca-passphrase"
 # NET_ADMIN so nftables works in the container's own network namespace,
 # NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
 CAPS = ["NET_ADMIN", "NET_RAW"]
@@ -148,6 +151,16 @@ def ensure_ssh_key() -> None:
     log(f"generated the lab SSH key {SSH_KEY.relative_to(ROOT)}")
 
 
+def ensure_ca_passphrase() -> None:
+    if CA_PASSPHRASE.exists():
+        return
+    CA_PASSPHRASE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(CA_PASSPHRASE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    log(f"generated the lab CA passphrase {CA_PASSPHRASE.relative_to(ROOT)}")
+
+
 def ensure_network(cfg: dict) -> None:
     if exists("network", cfg["network"]):
         out = podman("network", "inspect", cfg["network"], "--format",
@@ -195,6 +208,7 @@ def write_known_hosts(cfg: dict) -> None:
 def up(cfg: dict) -> None:
     build_images()
     ensure_ssh_key()
+    ensure_ca_passphrase()
     ensure_network(cfg)
     pubkey = SSH_KEY.with_suffix(".pub").read_text()
     for host, addr in cfg["hosts"].items():

@@ -248,12 +248,12 @@ try:
     from ansible.module_utils.sevenleague_pki import (
         CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, renewal_decision, sans_of)
+        parse_sans, renewal_decision, sans_of, textfile_metrics)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
         CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, renewal_decision, sans_of)
+        parse_sans, renewal_decision, sans_of, textfile_metrics)
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
@@ -654,7 +654,7 @@ def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl
             .sign(ca.intermediate_key, _hash_for(ca.intermediate_key)))
     pem = ca.pem(cert)
     return {**result, "certificate": pem, "chain": ca.pem(issuer), "ca": ca.pem(ca.root_cert),
-            "info": cert_info(pem)}
+            "info": cert_info(pem), "metrics": textfile_metrics([("host", cert_info(pem))])}
 
 
 def check_certificate(ca: CA, current_certificate: str, sans: list[str], *,
@@ -669,7 +669,8 @@ def check_certificate(ca: CA, current_certificate: str, sans: list[str], *,
         info = cert_info(current_certificate) if current_certificate and current_certificate.strip() else {}
     except PKIError:
         info = {}
-    return {"changed": False, "renew": renew, "reason": reason, "info": info}
+    return {"changed": False, "renew": renew, "reason": reason, "info": info,
+            "metrics": textfile_metrics([("host", info)]) if info else ""}
 
 
 # --- the module -------------------------------------------------------------------------------

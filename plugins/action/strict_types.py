@@ -89,6 +89,8 @@ def check_value(name: str, spec: Mapping, value) -> list[str]:
     if value is None and not spec.get("required"):
         return []
     if not _type_ok(kind, value):
+        if spec.get("no_log"):
+            return [f"{name} must be {_NAMES.get(kind, kind)}, but is a {type(value).__name__} (value hidden)"]
         hint = ""
         if kind == "list" and isinstance(value, str):
             hint = f" (write it as a YAML list: [{value}])"
@@ -96,7 +98,8 @@ def check_value(name: str, spec: Mapping, value) -> list[str]:
     problems = []
     choices = spec.get("choices")
     if choices is not None and kind != "list" and value not in choices:
-        problems.append(f"{name} is {value!r}; choose one of {', '.join(map(str, choices))}")
+        shown = "a value" if spec.get("no_log") else repr(value)
+        problems.append(f"{name} is {shown}; choose one of {', '.join(map(str, choices))}")
     if kind == "list":
         elements = spec.get("elements")
         for index, item in enumerate(value):

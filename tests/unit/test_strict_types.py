@@ -63,3 +63,9 @@ def test_unset_top_level_options_are_left_to_the_defaults():
 def test_every_role_spec_loads():
     for spec_file in ROOT.glob("roles/*/meta/argument_specs.yml"):
         assert load_options(str(spec_file), "main")
+
+
+def test_secret_values_are_never_shown():
+    spec = {"type": "str", "no_log": True}
+    assert check_value("passphrase", spec, 12345678) == [
+        "passphrase must be a string, but is a int (value hidden)"]
