@@ -9,7 +9,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 
 # Debian packages the controller needs for the lab and the tests.
-APT_PACKAGES := podman runc debootstrap uidmap slirp4netns openssh-client iproute2 python3-venv \
+# netavark needs iptables; naming the network backend keeps apt from choosing another.
+APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap slirp4netns \
+                openssh-client iproute2 python3-venv \
                 dpkg-dev lintian reprepro gnupg
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -42,10 +44,10 @@ images: deps ## build the lab's base and host images (once per machine)
 lab-up: images ## start the lab fleet (changes nothing when it runs)
 	$(PY) lab/lab.py up
 
-lab-down: ## remove the lab's containers and network, nothing else
+lab-down: deps ## remove the lab's containers and network, nothing else
 	$(PY) lab/lab.py down
 
-lab-status: ## list the lab hosts and their state
+lab-status: deps ## list the lab hosts and their state
 	$(PY) lab/lab.py status
 
 site: lab-up ## bring up the lab and converge site.yml on it

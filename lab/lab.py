@@ -262,11 +262,12 @@ def write_ssh_config(cfg: dict) -> None:
 
 
 def down(cfg: dict) -> None:
-    for host, addr in cfg["hosts"].items():
-        name = container_name(host)
-        if exists("container", name):
-            log(f"removing {name}")
-            podman("rm", "-f", "-t", "5", name)
+    # By label, so a host dropped from the inventory since `up` goes too.
+    labelled = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{ .Names }}").stdout.split()
+    names = sorted(set(labelled) | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))})
+    for name in names:
+        log(f"removing {name}")
+        podman("rm", "-f", "-t", "5", name)
     for path in (SSH_CONFIG, KNOWN_HOSTS):
         if path.exists():
             path.unlink()
@@ -285,6 +286,10 @@ def status(cfg: dict) -> None:
 
 
 def main() -> None:
+    if os.geteuid() != 0:
+        # Rootless podman puts containers where the controller cannot reach their addresses.
+        sys.exit("lab: run as root: the lab's containers need rootful podman so that their "
+                 "addresses are reachable from this machine")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["images", "up", "down", "status"])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the images even if they exist")

@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 MAINTAINER = "sevenleague <ops@sevenleague.invalid>"
+# A published version never changes: a change to what a package holds that
+# comes from here rather than from its sources needs a new revision.
 REVISION = "1"
 
 
@@ -93,7 +95,7 @@ def app_package(name: str, summary: str) -> Package:
         },
         conffiles=[f"/etc/{name}/{name}.json"],
         user=name,
-        sources=[f"apps/{name}", "apps/common", "apps/README.md", f"packaging/{name}", "packaging/build.py"],
+        sources=[f"apps/{name}", "apps/common", "apps/README.md", f"packaging/{name}"],
     )
 
 
@@ -114,7 +116,7 @@ def packages() -> dict[str, Package]:
                 "lib/systemd/system/envoy.service": (PACKAGING / "envoy" / "envoy.service", 0o644),
             },
             user="envoy", start_on_install=False,
-            sources=["requirements.txt", "packaging/envoy", "packaging/build.py"],
+            sources=["packaging/envoy"],
         ),
         "openbao": Package(
             name="openbao", version=bao_version, architecture="amd64",
@@ -127,7 +129,7 @@ def packages() -> dict[str, Package]:
                 "lib/systemd/system/openbao.service": (PACKAGING / "openbao" / "openbao.service", 0o644),
             },
             user="openbao", start_on_install=False,
-            sources=["requirements.txt", "packaging/openbao", "packaging/build.py"],
+            sources=["packaging/openbao"],
         ),
     }
 

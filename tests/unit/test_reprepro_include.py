@@ -9,7 +9,11 @@ import pytest
 import reprepro_include as mod
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(shutil.which("reprepro") is None, reason="reprepro is not installed (make deps)")
+
+
+@pytest.fixture(autouse=True)
+def _reprepro_installed():
+    assert shutil.which("reprepro"), "reprepro is missing: run make deps"
 
 
 def run(args):

@@ -11,7 +11,8 @@ def update(host):
     """apt-get update, reading the internal repository's files afresh."""
     host.run(f"find {LISTS} -maxdepth 1 -name '*bookworm_main*' ! -name '*debian*' -delete; "
              f"find {LISTS} -maxdepth 1 -name '*_dists_bookworm_*Release*' ! -name '*debian*' -delete")
-    return host.run("apt-get update")
+    # The host's own apt timers may hold the lock for a while: wait for it rather than fail.
+    return host.run("apt-get -o DPkg::Lock::Timeout=300 update")
 
 
 def test_keyring_and_source(host):
@@ -33,7 +34,8 @@ def test_the_untouched_repository_updates_cleanly(host):
 
 @pytest.fixture
 def restore(host):
-    host.run(f"cp -a {DIST} /tmp/dist-backup && cp -a /etc/apt/keyrings/sevenleague.asc /tmp/keyring-backup")
+    host.run(f"rm -rf /tmp/dist-backup && cp -a {DIST} /tmp/dist-backup && "
+             "cp -a /etc/apt/keyrings/sevenleague.asc /tmp/keyring-backup")
     yield
     host.run(f"rm -rf {DIST} && cp -a /tmp/dist-backup {DIST} && "
              "cp -a /tmp/keyring-backup /etc/apt/keyrings/sevenleague.asc")
