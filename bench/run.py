@@ -87,7 +87,9 @@ def main() -> int:
              f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}",
              "", f"Machine: {machine()}.", "", "| what | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in results.items()]
-    lines += ["", "Memory per lab host after converge (podman stats):", "", "| host | memory |", "|---|---|"]
+    lines += ["", "Memory per lab host after converge (podman stats, which counts the page cache too:",
+              "apt's lists and archives, the published packages on the repository host):", "",
+              "| host | memory |", "|---|---|"]
     lines += [f"| {name} | {mem} |" for name, mem in memory.items()]
     lines.append("")
     if not args.out.exists():
