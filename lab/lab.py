@@ -37,8 +37,13 @@ LABEL = "io.sevenleague.lab=1"
 SSH_KEY = STATE / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
 SSH_CONFIG = STATE / "ssh" / "config"
-# The lab CA's root key passphrase; a real site keeps it in ansible-vault.
+# The lab CA's root key passphrase, and the one that encrypts OpenBao's unseal
+# keys; a real site keeps both in ansible-vault.
 CA_PASSPHRASE = STATE / "ca-passphrase"
+OPENBAO_PASSPHRASE = STATE / "openbao-passphrase"
+# The openbao role's encrypted unseal keys: they belong to the containers'
+# OpenBao, so they go with the containers.
+OPENBAO_SECRETS = INVENTORY / ".openbao"
 # NET_ADMIN so nftables works in the container's own network namespace,
 # NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
 CAPS = ["NET_ADMIN", "NET_RAW"]
@@ -151,14 +156,14 @@ def ensure_ssh_key() -> None:
     log(f"generated the lab SSH key {SSH_KEY.relative_to(ROOT)}")
 
 
-def ensure_ca_passphrase() -> None:
-    if CA_PASSPHRASE.exists():
+def ensure_passphrase(path: Path, what: str) -> None:
+    if path.exists():
         return
-    CA_PASSPHRASE.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(CA_PASSPHRASE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(32) + "\n")
-    log(f"generated the lab CA passphrase {CA_PASSPHRASE.relative_to(ROOT)}")
+    log(f"generated the lab {what} passphrase {path.relative_to(ROOT)}")
 
 
 def ensure_network(cfg: dict) -> None:
@@ -208,7 +213,8 @@ def write_known_hosts(cfg: dict) -> None:
 def up(cfg: dict) -> None:
     build_images()
     ensure_ssh_key()
-    ensure_ca_passphrase()
+    ensure_passphrase(CA_PASSPHRASE, "CA")
+    ensure_passphrase(OPENBAO_PASSPHRASE, "OpenBao")
     ensure_network(cfg)
     pubkey = SSH_KEY.with_suffix(".pub").read_text()
     for host, addr in cfg["hosts"].items():
@@ -271,6 +277,9 @@ def down(cfg: dict) -> None:
     for path in (SSH_CONFIG, KNOWN_HOSTS):
         if path.exists():
             path.unlink()
+    if OPENBAO_SECRETS.exists():
+        log(f"removing {OPENBAO_SECRETS.relative_to(ROOT)} (the removed OpenBao's keys)")
+        shutil.rmtree(OPENBAO_SECRETS)
     if exists("network", cfg["network"]):
         log(f"removing network {cfg['network']}")
         podman("network", "rm", cfg["network"])

@@ -113,6 +113,11 @@ options:
     description:
       - Renew when less than this fraction of the lifetime remains. Defaults to one third.
     type: float
+  name:
+    description:
+      - The certificate's name in RV(metrics) (the C(name) label); a host may hold several.
+    type: str
+    default: host
 notes:
   - Supports check mode. With O(state=ca) nothing is written; with O(state=signed) every check runs
     but nothing is signed, and RV(certificate) is empty.
@@ -246,14 +251,14 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        CRYPTOGRAPHY_IMPORT_ERROR, check_certificate as shared_check, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, renewal_decision, sans_of, textfile_metrics)
+        parse_sans, sans_of, textfile_metrics)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        CRYPTOGRAPHY_IMPORT_ERROR, check_certificate as shared_check, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, renewal_decision, sans_of, textfile_metrics)
+        parse_sans, sans_of, textfile_metrics)
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
@@ -577,7 +582,7 @@ def _load_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:
 
 def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl: int,
              allowed_domains=(), allowed_networks=(), allow_wildcard: bool = False,
-             now: datetime.datetime | None = None, check_mode: bool = False) -> dict:
+             now: datetime.datetime | None = None, check_mode: bool = False, name: str = "host") -> dict:
     """Issue a certificate for `csr_pem` naming exactly `sans`, after every policy check."""
     now = now or datetime.datetime.now(UTC)
     if ttl < MIN_TTL:
@@ -654,23 +659,15 @@ def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl
             .sign(ca.intermediate_key, _hash_for(ca.intermediate_key)))
     pem = ca.pem(cert)
     return {**result, "certificate": pem, "chain": ca.pem(issuer), "ca": ca.pem(ca.root_cert),
-            "info": cert_info(pem), "metrics": textfile_metrics([("host", cert_info(pem))])}
+            "info": cert_info(pem), "metrics": textfile_metrics([(name, cert_info(pem))])}
 
 
 def check_certificate(ca: CA, current_certificate: str, sans: list[str], *,
                       now: datetime.datetime | None = None,
-                      renew_fraction: float = DEFAULT_RENEW_FRACTION) -> dict:
+                      renew_fraction: float = DEFAULT_RENEW_FRACTION, name: str = "host") -> dict:
     """The renewal policy applied to a host's current certificate against this CA; changes nothing."""
-    now = now or datetime.datetime.now(UTC)
-    parse_sans(sans)  # a malformed wanted name is an error now, not an endless "SANs differ"
-    renew, reason = renewal_decision(current_certificate or None, now=now, wanted_sans=sans,
-                                     issuer_cert_pem=ca.pem(ca.intermediate_cert), renew_fraction=renew_fraction)
-    try:
-        info = cert_info(current_certificate) if current_certificate and current_certificate.strip() else {}
-    except PKIError:
-        info = {}
-    return {"changed": False, "renew": renew, "reason": reason, "info": info,
-            "metrics": textfile_metrics([("host", info)]) if info else ""}
+    return shared_check(current_certificate, sans, ca.pem(ca.intermediate_cert), now=now,
+                        renew_fraction=renew_fraction, name=name)
 
 
 # --- the module -------------------------------------------------------------------------------
@@ -692,6 +689,7 @@ ARGUMENT_SPEC = {
     "max_ttl": {"type": "int", "default": 604800},
     "current_certificate": {"type": "str", "default": ""},
     "renew_fraction": {"type": "float"},
+    "name": {"type": "str", "default": "host"},
 }
 REQUIRED_IF = [("state", "ca", ["root_passphrase"]), ("state", "signed", ["csr", "sans"]),
                ("state", "check", ["sans"])]
@@ -710,10 +708,10 @@ def run(params: dict, check_mode: bool) -> dict:
         ca = load_ca(params["ca_dir"], params["intermediate_passphrase"])
         return sign_csr(ca, params["csr"], params["sans"], params["ttl"], max_ttl=params["max_ttl"],
                         allowed_domains=params["allowed_domains"], allowed_networks=params["allowed_networks"],
-                        allow_wildcard=params["allow_wildcard"], check_mode=check_mode)
+                        allow_wildcard=params["allow_wildcard"], check_mode=check_mode, name=params["name"])
     fraction = params["renew_fraction"] if params["renew_fraction"] is not None else DEFAULT_RENEW_FRACTION
     return check_certificate(load_ca(params["ca_dir"], with_key=False), params["current_certificate"],
-                             params["sans"], renew_fraction=fraction)
+                             params["sans"], renew_fraction=fraction, name=params["name"])
 
 
 def main() -> None:

@@ -95,9 +95,9 @@ notes:
   - Supports check mode. It validates the inputs and the CSR, checks that OpenBao is reachable and
     unsealed, that the token is valid and, when the token may read it, that the role exists and
     allows O(ttl); it signs nothing, and RV(certificate) is empty.
-  - "Only token authentication is implemented. TLS client certificate login (C(auth/cert/login)) is
-    not: hvac's C(auth.cert.login) needs an HTTPS listener and its own CA handling, and nothing in
-    the lab could test it yet. Log in beforehand (e.g. with community.hashi_vault) and pass the token."
+  - "Token authentication: this is the controller's path (first issue, rotate-certs.yml). Hosts renew
+    on their own with a login by their current certificate (C(auth/cert/login)), which the pki role's
+    agent C(sevenleague-pki-renew) does without Ansible."
   - The TTL check after signing compares with the controller's clock; keep OpenBao's clock in sync (NTP).
 author: sevenleague
 """

@@ -298,6 +298,22 @@ def renewal_decision(cert_pem: bytes | str | None, *, now: datetime.datetime, wa
     return renew, reason
 
 
+def check_certificate(current_certificate: str | None, sans: list[str], issuer_cert_pem: str | None, *,
+                      now: datetime.datetime | None = None, renew_fraction: float = DEFAULT_RENEW_FRACTION,
+                      name: str = "host") -> dict:
+    """The renewal policy applied to a host's current certificate, with what facts and metrics say of it."""
+    now = now or datetime.datetime.now(UTC)
+    parse_sans(sans)  # a malformed wanted name is an error now, not an endless "SANs differ"
+    renew, reason = renewal_decision(current_certificate or None, now=now, wanted_sans=sans,
+                                     issuer_cert_pem=issuer_cert_pem, renew_fraction=renew_fraction)
+    try:
+        info = cert_info(current_certificate) if current_certificate and current_certificate.strip() else {}
+    except PKIError:
+        info = {}
+    return {"changed": False, "renew": renew, "reason": reason, "info": info,
+            "metrics": textfile_metrics([(name, info)]) if info else ""}
+
+
 # --- facts and metrics ------------------------------------------------------------------------
 
 def serial_hex(serial: int) -> str:
@@ -351,6 +367,7 @@ def textfile_metrics(infos: list[tuple[str, dict]]) -> str:
 
 __all__ = [
     "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "cert_info",
+    "check_certificate",
     "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
     "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
     "renewal_decision", "sans_of", "serial_hex", "textfile_metrics",

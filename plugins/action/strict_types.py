@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 
 import yaml
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 
 DOCUMENTATION = r"""
@@ -164,7 +164,12 @@ class ActionModule(ActionBase):
         values = {}
         for name in options:
             if name in task_vars:
-                values[name] = self._templar.template(task_vars[name])
+                try:
+                    values[name] = self._templar.template(task_vars[name])
+                except AnsibleError:
+                    # A value that cannot be computed yet (a file a later play writes, a
+                    # lookup of a secret) is checked where the role uses it.
+                    continue
         problems = check_options(options, values)
         result["changed"] = False
         if problems:

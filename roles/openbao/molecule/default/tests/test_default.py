@@ -1,0 +1,151 @@
+"""OpenBao serving its PKI over TLS, and a client whose certificate the timer renews on its own."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+CA, CLIENT = "sl-molecule-openbao", "sl-molecule-openbao-client"
+PKI = "/etc/sevenleague/pki"
+CURRENT = f"{PKI}/current"
+INVENTORY = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "inventory"
+
+
+def node(name):
+    return testinfra.get_host(f"podman://{name}")
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return node(CA)
+
+
+@pytest.fixture(scope="module")
+def client():
+    return node(CLIENT)
+
+
+def ca_address(ca):
+    return ca.check_output("hostname -I").split()[0]
+
+
+# The image has no curl: requests go through the host's python3, as the agent's do.
+_REQUEST = """
+import json, ssl, sys, urllib.error, urllib.request
+url, body, token, cert = sys.argv[1:5]
+context = ssl.create_default_context(cafile="%s/openbao-server-ca.pem")
+if cert:
+    context.load_cert_chain(cert + "/fullchain.pem", cert + "/key.pem")
+request = urllib.request.Request(url, data=body.encode() if body else None, headers={"X-Vault-Token": token})
+try:
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+        print(json.dumps({"status": answer.status, "body": json.load(answer)}))
+except urllib.error.HTTPError as error:
+    print(json.dumps({"status": error.code, "body": json.load(error)}))
+""" % PKI
+
+
+def request(host, url, body="", token="", cert=""):
+    """(status, JSON body) of a request from `host`, verifying OpenBao with the host's copy of its CA."""
+    answer = json.loads(host.check_output("python3 -c %s %s %s %s %s", _REQUEST, url, body, token, cert))
+    return answer["status"], answer["body"]
+
+
+def health(client, ca):
+    return request(client, f"https://{ca_address(ca)}:8200/v1/sys/health")[1]
+
+
+def test_openbao_runs_initialised_and_unsealed(ca, client):
+    assert ca.service("openbao").is_running and ca.service("openbao").is_enabled
+    state = health(client, ca)
+    assert state["initialized"] and not state["sealed"]
+
+
+def test_config_and_data_are_private(ca):
+    config = ca.file("/etc/openbao/openbao.hcl")
+    assert config.user == "root" and config.group == "openbao" and config.mode == 0o640
+    data = ca.file("/var/lib/openbao")
+    assert data.user == "openbao" and data.mode == 0o700
+    key = ca.file("/etc/openbao/tls/current/key.pem")
+    assert key.group == "openbao" and key.mode == 0o640
+
+
+def test_the_listener_certificate_chains_to_the_built_in_root(ca, client):
+    # The client verifies OpenBao with the built-in root it was given, and the name matches.
+    out = client.run(f"openssl s_client -connect {ca_address(ca)}:8200 -verify_return_error "
+                     f"-CAfile {PKI}/openbao-server-ca.pem -verify_ip {ca_address(ca)} </dev/null")
+    assert out.rc == 0 and "Verify return code: 0 (ok)" in out.stdout, out.stdout[-800:] + out.stderr
+
+
+def test_unseal_keys_and_root_token_are_only_on_the_controller_encrypted():
+    text = (INVENTORY / ".openbao" / "init.vault").read_text()
+    assert text.startswith("$ANSIBLE_VAULT;1.2;AES256;openbao")
+    assert "root_token" not in text and "keys_base64" not in text
+    assert (INVENTORY / ".openbao" / "init.vault").stat().st_mode & 0o077 == 0
+
+
+def test_the_cluster_port_is_closed_to_other_hosts(ca, client):
+    probe = client.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{ca_address(ca)}/8201'")
+    assert probe.rc != 0
+
+
+def test_the_client_certificate_comes_from_openbao_and_stays_on_the_host(client):
+    issuer = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -issuer")
+    assert "sevenleague OpenBao intermediate CA" in issuer
+    verify = client.run(f"cd {CURRENT} && openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem")
+    assert verify.rc == 0, verify.stderr
+    fact = json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)
+    assert fact["backend"] == "openbao"
+    start = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)\" +%s")
+    end = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    assert int(end) - int(start) <= 600 + 60
+
+
+def test_a_login_token_cannot_sign_for_other_names(ca, client):
+    url = f"https://{ca_address(ca)}:8200"
+    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    assert status == 200, login
+    token = login["auth"]["client_token"]
+    assert login["auth"]["policies"] == ["sevenleague-host-renew"]
+    for role in ("host", f"renew-{CA}"):
+        status, answer = request(client, f"{url}/v1/pki_int/sign/{role}", token=token,
+                                 body=json.dumps({"common_name": CA, "csr": "x"}))
+        assert status == 403 and "permission denied" in json.dumps(answer)
+
+
+def test_the_timer_renews_the_certificate_without_the_controller(client):
+    timer = client.service("sevenleague-pki-renew-host.timer")
+    assert timer.is_enabled and timer.is_running
+    before = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
+    before_key = client.check_output(f"openssl pkey -in {CURRENT}/key.pem -pubout")
+    # Issued with 600 s and renewed below 70 %: due 180 s after issue, then the
+    # next tick of the timer (50 s plus up to 25 s of jitter).
+    deadline = time.monotonic() + 330
+    while time.monotonic() < deadline:
+        if client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial") != before:
+            break
+        time.sleep(10)
+    after = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
+    assert after != before, "the timer did not renew the certificate in time"
+    assert client.check_output(f"openssl pkey -in {CURRENT}/key.pem -pubout") != before_key
+    verify = client.run(f"cd {CURRENT} && openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem")
+    assert verify.rc == 0, verify.stderr
+    serial = after.split("=", 1)[1].strip().lower()
+    assert f'serial="{serial}"' in client.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
+    assert json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)["serial"] == serial
+    journal = client.check_output("journalctl -t sevenleague-pki-renew --no-pager -o cat")
+    assert serial in journal.replace(":", "").lower()
+
+
+def test_a_failed_renewal_keeps_the_certificate_and_says_why(client):
+    before = client.file(CURRENT).linked_to
+    config = json.loads(client.file("/etc/sevenleague/pki-renew/host.json").content_string)
+    config.update(url="https://127.0.0.1:9", attempts=2, backoff_initial=1)
+    client.run(f"echo '{json.dumps(config)}' > /tmp/broken.json")
+    run = client.run("/usr/local/sbin/sevenleague-pki-renew --config /tmp/broken.json --force")
+    assert run.rc == 1
+    assert "127.0.0.1:9" in run.stderr
+    assert client.file(CURRENT).linked_to == before

@@ -1,0 +1,1 @@
+../../../module_utils/sevenleague_pki.py

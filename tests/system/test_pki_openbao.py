@@ -1,0 +1,70 @@
+"""The fleet moved to the OpenBao backend by one variable, then renewing on its own.
+
+Runs after test_pki.py (file order): the lab starts on the built-in CA.
+"""
+
+import json
+import subprocess
+
+import pytest
+from conftest import LAB_HOSTS, ROOT, ansible_playbook
+
+CURRENT = "/etc/sevenleague/pki/current"
+BUILTIN_ROOT = ROOT / "inventories" / "lab" / ".pki" / "root.crt"
+OPENBAO = "https://10.213.7.11:8200"
+# Both roots trusted while the fleet moves, so old and new certificates meet.
+SWITCH = json.dumps({"pki_backend": "openbao", "pki_extra_trust_files": [str(BUILTIN_ROOT)]})
+
+
+@pytest.fixture(scope="module")
+def switched(hosts):
+    first = ansible_playbook("site.yml", "-e", SWITCH, log="site-openbao-1.log")
+    second = ansible_playbook("site.yml", "-e", SWITCH, log="site-openbao-2.log") if first.rc == 0 else first
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def openbao_root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("openbao") / "root.pem"
+    subprocess.run(["curl", "-sSf", "--cacert", str(BUILTIN_ROOT), "-o", str(path), f"{OPENBAO}/v1/pki/ca/pem"],
+                   check=True)
+    return path
+
+
+def test_switching_the_backend_converges(switched):
+    first, _ = switched
+    assert first.rc == 0, first.output[-3000:]
+
+
+def test_a_second_run_on_openbao_changes_nothing(switched):
+    _, second = switched
+    assert second.rc == 0, second.output[-3000:]
+    assert {host: r["changed"] for host, r in second.recap.items() if r["changed"]} == {}
+
+
+def test_every_host_holds_an_openbao_certificate(switched, hosts, lab_host, openbao_root, tmp_path):
+    host = hosts[lab_host]
+    cert, chain = tmp_path / "cert.pem", tmp_path / "chain.pem"
+    cert.write_text(host.file(f"{CURRENT}/cert.pem").content_string)
+    chain.write_text(host.file(f"{CURRENT}/chain.pem").content_string)
+    # Verified against OpenBao's root as its API serves it, not the host's copy.
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(openbao_root), "-untrusted", str(chain), str(cert)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = host.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -ext subjectAltName")
+    assert f"DNS:{lab_host}" in text and f"IP Address:{LAB_HOSTS[lab_host]}" in text
+
+
+def test_every_host_trusts_both_roots_while_moving(switched, hosts, lab_host):
+    bundle = hosts[lab_host].file(f"{CURRENT}/ca.pem").content_string
+    assert bundle.count("BEGIN CERTIFICATE") == 2
+    assert BUILTIN_ROOT.read_text().strip() in bundle
+
+
+def test_every_host_renews_on_its_own(switched, hosts, lab_host):
+    host = hosts[lab_host]
+    timer = host.service("sevenleague-pki-renew-host.timer")
+    assert timer.is_enabled and timer.is_running
+    check = json.loads(host.check_output("/usr/local/sbin/sevenleague-pki-renew --check --config "
+                                         "/etc/sevenleague/pki-renew/host.json"))
+    assert check["renew"] is False, check
