@@ -38,8 +38,8 @@ class PlaybookRun:
                 for host, ok, changed, unreach, failed in _RECAP.findall(self.output)}
 
 
-def ansible_playbook(*args: str, log: str) -> PlaybookRun:
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+def ansible_playbook(*args: str, log: str, env: dict | None = None) -> PlaybookRun:
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", **(env or {}))
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)

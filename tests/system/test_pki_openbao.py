@@ -12,14 +12,17 @@ from conftest import LAB_HOSTS, ROOT, ansible_playbook
 CURRENT = "/etc/sevenleague/pki/current"
 BUILTIN_ROOT = ROOT / "inventories" / "lab" / ".pki" / "root.crt"
 OPENBAO = "https://10.213.7.11:8200"
-# Both roots trusted while the fleet moves, so old and new certificates meet.
-SWITCH = json.dumps({"pki_backend": "openbao", "pki_extra_trust_files": [str(BUILTIN_ROOT)]})
+# The lab inventory reads the backend from the environment (as a site sets it
+# in group_vars); both roots are trusted while the fleet moves.
+BACKEND = {"SEVENLEAGUE_PKI_BACKEND": "openbao"}
+TRUST = json.dumps({"pki_extra_trust_files": [str(BUILTIN_ROOT)]})
 
 
 @pytest.fixture(scope="module")
 def switched(hosts):
-    first = ansible_playbook("site.yml", "-e", SWITCH, log="site-openbao-1.log")
-    second = ansible_playbook("site.yml", "-e", SWITCH, log="site-openbao-2.log") if first.rc == 0 else first
+    first = ansible_playbook("site.yml", "-e", TRUST, env=BACKEND, log="site-openbao-1.log")
+    second = (ansible_playbook("site.yml", "-e", TRUST, env=BACKEND, log="site-openbao-2.log")
+              if first.rc == 0 else first)
     return first, second
 
 
