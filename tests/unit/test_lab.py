@@ -1,6 +1,10 @@
 """The lab tool's reading of the inventory and of the machine's apt sources."""
 
 import ipaddress
+import subprocess
+from pathlib import Path
+
+import pytest
 
 import lab
 
@@ -35,3 +39,15 @@ def test_mirror_from_one_line_sources(tmp_path):
 
 def test_mirror_falls_back_to_the_debian_redirector(tmp_path):
     assert lab.debian_mirror([tmp_path / "missing"]) == "http://deb.debian.org/debian"
+
+
+@pytest.mark.parametrize("path", [
+    "inventories/site/.pki/root.key", "inventories/site/.pki-next/intermediate.key",
+    "inventories/site/.pki-previous/root.key", "inventories/site/.pki-retired/20260101T000000Z/root.key",
+    "inventories/site/.openbao/init.vault", ".lab/openbao-passphrase",
+])
+def test_ca_keys_and_openbao_secrets_are_never_committed(path):
+    # git check-ignore exits 0 when the path is ignored.
+    result = subprocess.run(["git", "check-ignore", "-q", "--no-index", path],
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, f"{path} is not ignored by .gitignore"
