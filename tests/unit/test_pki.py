@@ -2,7 +2,6 @@
 
 import datetime
 import ipaddress
-import json
 import os
 import re
 import subprocess
@@ -19,6 +18,7 @@ for folder in ("module_utils", "library"):
         sys.path.insert(0, str(ROOT / folder))
 
 import pki_builtin_ca as mod  # noqa: E402
+from ansible_module import assert_documented, run_module  # noqa: E402
 import sevenleague_pki as pki  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -533,14 +533,7 @@ def test_textfile_metrics_from_a_real_certificate(issued):
 # --- the module as Ansible sees it ------------------------------------------------------------
 
 def test_documentation_matches_the_argument_spec():
-    documentation = yaml.safe_load(mod.DOCUMENTATION)
-    assert yaml.safe_load(mod.EXAMPLES) and yaml.safe_load(mod.RETURN)
-    options = documentation["options"]
-    assert set(options) == set(mod.ARGUMENT_SPEC)
-    for name, spec in mod.ARGUMENT_SPEC.items():
-        for field in ("type", "default", "choices", "elements"):
-            assert options[name].get(field) == spec.get(field), f"{name}.{field}"
-        assert bool(options[name].get("required")) == bool(spec.get("required")), f"{name}.required"
+    assert_documented(mod)
     assert mod.ARGUMENT_SPEC["root_passphrase"]["no_log"] and mod.ARGUMENT_SPEC["intermediate_passphrase"]["no_log"]
 
 
@@ -553,16 +546,8 @@ def test_ansible_doc_renders_the_module():
 
 def ansible(module_args: dict, tmp_path: Path) -> dict:
     """Run the module ad hoc on the implicit localhost, exactly as a play delegating to it would."""
-    env = {**os.environ, "ANSIBLE_LIBRARY": "library", "ANSIBLE_MODULE_UTILS": "module_utils",
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-m", "pki_builtin_ca",
-                           "-a", json.dumps(module_args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
-    # ansible.cfg's profile_tasks callback prints around the JSON document.
-    document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1:])
-    result = document["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    result["_stdout"] = proc.stdout
+    result, output = run_module("pki_builtin_ca", module_args, tmp_path)
+    result["_stdout"] = output
     return result
 
 

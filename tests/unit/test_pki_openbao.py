@@ -3,8 +3,6 @@
 import contextlib
 import datetime
 import importlib.metadata
-import json
-import os
 import secrets
 import socket
 import subprocess
@@ -23,6 +21,7 @@ for folder in ("module_utils", "library"):
 
 import hvac  # noqa: E402
 import pki_openbao_sign as mod  # noqa: E402
+from ansible_module import assert_documented, run_module  # noqa: E402
 import sevenleague_pki as pki  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -266,31 +265,15 @@ def test_names_are_checked_before_openbao_is_asked():
 # --- the module as Ansible sees it ------------------------------------------------------------
 
 def test_documentation_matches_the_argument_spec():
-    documentation = yaml.safe_load(mod.DOCUMENTATION)
-    assert yaml.safe_load(mod.EXAMPLES) and yaml.safe_load(mod.RETURN)
-    options = documentation["options"]
-    assert set(options) == set(mod.ARGUMENT_SPEC)
-    for name, spec in mod.ARGUMENT_SPEC.items():
-        for field in ("type", "default", "choices", "elements"):
-            assert options[name].get(field) == spec.get(field), f"{name}.{field}"
-        assert bool(options[name].get("required")) == bool(spec.get("required")), f"{name}.required"
+    assert_documented(mod)
     assert mod.ARGUMENT_SPEC["token"]["no_log"]
 
 
 def test_module_runs_through_ansible(bao, tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("VAULT_", "BAO_"))}
-    env.update({"ANSIBLE_LIBRARY": "library", "ANSIBLE_MODULE_UTILS": "module_utils",
-                "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-                "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1"})
     args = {"url": bao["url"], "token": bao["token"], "role": "host", "csr": make_csr([HOST, HOST_IP]),
             "common_name": HOST, "ip_sans": [HOST_IP], "ttl": 900}
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-M", "library",
-                           "-m", "pki_openbao_sign", "-a", json.dumps(args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert bao["token"] not in proc.stdout + proc.stderr
-    # ansible.cfg's profile_tasks callback prints around the JSON document.
-    document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1:])
-    result = document["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    result, output = run_module("pki_openbao_sign", args, tmp_path)
+    assert bao["token"] not in output
     assert result["changed"] and not result.get("failed"), result.get("msg")
     assert result["info"]["sans"] == [HOST_IP, HOST]
     assert spki(load(result["certificate"]).public_key()) == spki(x509.load_pem_x509_csr(args["csr"].encode())
