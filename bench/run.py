@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
 """Benchmarks of the things a user waits for, written down with the machine.
 
-    bench/run.py [--out bench/RESULTS.md]
+    bench/run.py [--rounds 2]
 
-Measures, on the lab: building the packages from nothing, bringing up a
-fresh lab, the first converge of site.yml, a second converge (nothing to
-change), and the memory each lab host uses afterwards.  Appends a dated
-section with the machine's description to bench/RESULTS.md.  It recreates
-the lab, so run it when nothing else uses it.
+On a fresh lab: building the packages from nothing, bringing the lab up,
+the first converge of site.yml, then the no-op rerun (every host
+changed=0) with three settings side by side, in rounds so that a noisy
+moment hits all three alike:
+
+  stock    an ansible.cfg with only the paths, force_handlers and the interpreter
+  linear   the project's ansible.cfg with ANSIBLE_STRATEGY=linear (Mitogen off)
+  ours     the project's ansible.cfg as it is (Mitogen's mitogen_linear)
+
+Adds the memory of each lab host and the time of every test level of the
+last `make test` (.cache/reports/timings.json), then writes
+bench/RESULTS.md and bench/results.json.  It recreates the lab, so run it
+when nothing else uses it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,21 +35,39 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
+TIMINGS = ROOT / ".cache" / "reports" / "timings.json"
+_RECAP = re.compile(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+# "Stock": what a team starts from, only what the repository cannot run without.
+STOCK_CFG = """[defaults]
+force_handlers = True
+inventory = {root}/inventories/lab/hosts.yml
+roles_path = {root}/roles
+library = {root}/library
+module_utils = {root}/module_utils
+action_plugins = {root}/plugins/action
+interpreter_python = /usr/bin/python3
+"""
 
 
-def env() -> dict:
-    e = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab" / "containers.conf"), ANSIBLE_NOCOLOR="1")
+def env(**extra: str) -> dict:
+    e = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab" / "containers.conf"), ANSIBLE_NOCOLOR="1", **extra)
     e["PATH"] = f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}"
     return e
 
 
-def timed(label: str, cmd: list[str]) -> float:
+def timed(label: str, cmd: list[str], noop: bool = False, **extra_env: str) -> float:
     print(f"bench: {label} ...", flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"bench: {label} failed:\n{proc.stdout[-3000:]}")
+    if noop:
+        changed = {host: int(c) for host, c, _, _ in _RECAP.findall(proc.stdout) if int(c)}
+        if changed:
+            sys.exit(f"bench: {label} was not a no-op run, it changed {changed}")
     print(f"bench: {label}: {elapsed:.1f} s", flush=True)
     return elapsed
 
@@ -67,36 +96,73 @@ def host_memory() -> dict[str, str]:
     return usage
 
 
+def markdown(report: dict) -> str:
+    noop = report["noop_rerun"]
+    stock = noop["stock"]["median"]
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` (bench/run.py) on {report['date']}, commit {report['commit']};",
+             "the same figures are in results.json. Earlier runs are in git history.", "",
+             f"Machine: {report['machine']}.", "",
+             "## site.yml on the lab (6 hosts)", "",
+             "| what | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in report["steps"].items()]
+    lines += ["", f"No-op rerun (every host changed=0), {report['rounds']} rounds side by side:", "",
+              "| ansible.cfg | median s | runs s | vs stock |", "|---|---|---|---|"]
+    for name, label in (("stock", "stock (paths, force_handlers, interpreter)"),
+                        ("linear", "ours, ANSIBLE_STRATEGY=linear"),
+                        ("ours", "ours (mitogen_linear)")):
+        runs = ", ".join(f"{s:.1f}" for s in noop[name]["runs"])
+        lines.append(f"| {label} | {noop[name]['median']:.1f} | {runs} | {stock / noop[name]['median']:.2f}x |")
+    lines += ["", "Memory per lab host after converge (podman stats, which counts the page cache too):", "",
+              "| host | memory |", "|---|---|"]
+    lines += [f"| {name} | {mem} |" for name, mem in report["memory"].items()]
+    tests = report.get("tests")
+    if tests:
+        lines += ["", f"## make test ({tests.get('date', '?')}, commit {tests.get('commit', '?')}, "
+                      f"{tests.get('jobs', '?')} jobs at a time)", "",
+                  "| step | seconds | budget |", "|---|---|---|"]
+        lines += [f"| {step['what']} | {step['seconds']:.0f} | {step.get('budget') or '-'} |"
+                  for step in tests["steps"]]
+        lines.append(f"| total | {tests['total']:.0f} | {tests.get('total_budget') or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--rounds", type=int, default=2, help="no-op reruns per setting (default 2)")
     args = parser.parse_args()
     lab = [str(VENV_BIN / "python"), str(ROOT / "lab" / "lab.py")]
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="sl-bench-debs-") as out:
-        results["make debs, from nothing (4 packages)"] = timed(
-            "build the packages", [str(VENV_BIN / "python"), str(ROOT / "packaging" / "build.py"), "--out", out])
-    timed("remove the lab", [*lab, "down"])
-    results["lab up, 6 fresh hosts (images built)"] = timed("bring up a fresh lab", [*lab, "up"])
     playbook = [str(VENV_BIN / "ansible-playbook"), "site.yml"]
-    results["site.yml, first converge"] = timed("first converge", playbook)
-    results["site.yml, second converge (changes nothing)"] = timed("second converge", playbook)
-    memory = host_memory()
-
-    lines = [f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, commit "
-             f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}",
-             "", f"Machine: {machine()}.", "", "| what | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in results.items()]
-    lines += ["", "Memory per lab host after converge (podman stats, which counts the page cache too:",
-              "apt's lists and archives, the published packages on the repository host):", "",
-              "| host | memory |", "|---|---|"]
-    lines += [f"| {name} | {mem} |" for name, mem in memory.items()]
-    lines.append("")
-    if not args.out.exists():
-        args.out.write_text("# Benchmarks\n\nWritten by `make bench` (bench/run.py); newest last.\n\n")
-    with args.out.open("a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print(f"bench: results appended to {args.out.relative_to(ROOT)}")
+    steps = {}
+    with tempfile.TemporaryDirectory(prefix="sl-bench-") as tmp:
+        steps["make debs, from nothing (4 packages)"] = timed(
+            "build the packages", [str(VENV_BIN / "python"), str(ROOT / "packaging" / "build.py"), "--out", tmp])
+        stock_cfg = Path(tmp) / "ansible.cfg"
+        stock_cfg.write_text(STOCK_CFG.format(root=ROOT))
+        timed("remove the lab", [*lab, "down"])
+        steps["lab up, 6 fresh hosts (images built)"] = timed("bring up a fresh lab", [*lab, "up"])
+        steps["site.yml, first converge (packages built)"] = timed("first converge", playbook)
+        settings = {"stock": {"ANSIBLE_CONFIG": str(stock_cfg)}, "linear": {"ANSIBLE_STRATEGY": "linear"}, "ours": {}}
+        runs: dict[str, list[float]] = {name: [] for name in settings}
+        for round_ in range(1, args.rounds + 1):
+            for name, extra in settings.items():
+                runs[name].append(timed(f"no-op rerun, {name}, round {round_}", playbook, noop=True, **extra))
+    report = {
+        "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": machine(),
+        "rounds": args.rounds,
+        "steps": steps,
+        "noop_rerun": {name: {"runs": r, "median": statistics.median(r)} for name, r in runs.items()},
+        "memory": host_memory(),
+    }
+    if TIMINGS.exists():
+        report["tests"] = json.loads(TIMINGS.read_text())
+    (ROOT / "bench" / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (ROOT / "bench" / "RESULTS.md").write_text(markdown(report))
+    speedup = report["noop_rerun"]["stock"]["median"] / report["noop_rerun"]["ours"]["median"]
+    print(f"bench: no-op rerun {speedup:.2f}x faster than stock; bench/RESULTS.md and bench/results.json written")
     return 0
 
 

@@ -34,9 +34,14 @@ INVENTORY = ROOT / "inventories" / "lab"
 BASE_IMAGE = "localhost/sevenleague-base:bookworm"
 HOST_IMAGE = "localhost/sevenleague-node:bookworm"
 LABEL = "io.sevenleague.lab=1"
+# What a host needs before Ansible can manage it: Python, and python3-apt for
+# the apt module (under Mitogen it cannot install python3-apt itself).
+BASE_PACKAGES = ("python3", "python3-apt", "systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificates")
 SSH_KEY = STATE / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
 SSH_CONFIG = STATE / "ssh" / "config"
+# ansible.cfg's fact cache (fact_caching_connection).
+FACT_CACHE = ROOT / ".cache" / "facts"
 # The lab CA's root key passphrase, and the one that encrypts OpenBao's unseal
 # keys; a real site keeps both in ansible-vault.
 CA_PASSPHRASE = STATE / "ca-passphrase"
@@ -125,7 +130,8 @@ def image_label(image: str, label: str) -> str:
 
 
 def build_images(rebuild: bool = False) -> None:
-    if rebuild or not exists("image", BASE_IMAGE):
+    packages = ",".join(BASE_PACKAGES)
+    if rebuild or image_label(BASE_IMAGE, "io.sevenleague.packages") != packages:
         if shutil.which("debootstrap") is None:
             sys.exit("lab: debootstrap is missing: run `make deps` (or apt-get install debootstrap)")
         mirror = debian_mirror()
@@ -133,14 +139,16 @@ def build_images(rebuild: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="sl-rootfs-") as rootfs:
             subprocess.run(
                 ["debootstrap", "--variant=minbase",
-                 "--include=python3,systemd,systemd-sysv,dbus,iproute2,ca-certificates",
+                 f"--include={packages}",
                  "bookworm", rootfs, mirror],
                 check=True, stdout=subprocess.DEVNULL)
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            podman("import", "--change", "CMD /sbin/init", "-", BASE_IMAGE, stdin=tar.stdout)
+            podman("import", "--change", "CMD /sbin/init", "--change", f"LABEL io.sevenleague.packages={packages}",
+                   "-", BASE_IMAGE, stdin=tar.stdout)
             if tar.wait() != 0:
                 sys.exit("lab: tar of the debootstrap tree failed")
-    digest = context_digest()
+    # A new base image makes a new host image too.
+    digest = context_digest() + podman("image", "inspect", BASE_IMAGE, "--format", "{{ .Id }}").stdout.strip()[:12]
     if rebuild or image_label(HOST_IMAGE, "io.sevenleague.context") != digest:
         log(f"building {HOST_IMAGE}")
         podman("build", "--label", f"io.sevenleague.context={digest}", "-t", HOST_IMAGE,
@@ -274,7 +282,10 @@ def down(cfg: dict) -> None:
     for name in names:
         log(f"removing {name}")
         podman("rm", "-f", "-t", "5", name)
-    for path in (SSH_CONFIG, KNOWN_HOSTS):
+    # Facts cached from the removed containers would describe hosts that are gone.
+    # (ansible-core names them <schema>_<host>.)
+    cached = [p for h in cfg["hosts"] for p in FACT_CACHE.glob(f"*{h}") if p.name.split("_", 1)[-1] == h]
+    for path in (SSH_CONFIG, KNOWN_HOSTS, *cached):
         if path.exists():
             path.unlink()
     if OPENBAO_SECRETS.exists():

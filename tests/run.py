@@ -1,32 +1,53 @@
 #!/usr/bin/env python3
-"""Run sevenleague's test levels and count every result.
+"""Run sevenleague's test levels, count every result and time every step.
 
     tests/run.py lint             ansible-lint (production profile), yamllint
     tests/run.py unit             pytest tests/unit
     tests/run.py roles [ROLE...]  every Molecule scenario of the roles (all roles by default)
-    tests/run.py system           a fresh lab, site.yml twice, pytest tests/system
-    tests/run.py all              all of the above, in that order
+    tests/run.py system           a fresh lab, site.yml, then pytest tests/system
+    tests/run.py all              all of the above
 
 Each pytest test counts once; lint tools and Molecule scenarios count once
-each, plus the testinfra tests their verify step ran.  The last line is
-`N passed, N failed`; the exit code is non-zero when anything failed.
+each, plus the testinfra tests their verify step ran.  The summary lists the
+time of every level and every scenario next to its budget (tests/budget.yml),
+then `N passed, N failed`; the exit code is non-zero when anything failed.
+
+Molecule scenarios and the system level run `--jobs` at a time (default 2,
+or SEVENLEAGUE_TEST_JOBS): most of their time is spent waiting on the hosts
+(apt, systemd, OpenBao), not on the controller's cores.  With more than one
+job, each job's output goes to its log in .cache/reports and is summed up
+when the job ends; with --jobs 1 everything streams as it happens.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / ".cache" / "reports"
 VENV_BIN = ROOT / ".venv" / "bin"
+BUDGET = ROOT / "tests" / "budget.yml"
+
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
 
 
 @dataclass
@@ -35,13 +56,21 @@ class Tally:
     failed: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    # (what, seconds), in the order the steps finished.
+    times: list[tuple[str, float]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, ok: bool) -> None:
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
-            self.failures.append(name)
+        with self.lock:
+            if ok:
+                self.passed += 1
+            else:
+                self.failed += 1
+                self.failures.append(name)
+
+    def timed(self, what: str, seconds: float) -> None:
+        with self.lock:
+            self.times.append((what, seconds))
 
 
 def env() -> dict:
@@ -56,25 +85,30 @@ def env() -> dict:
 
 
 def banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
+    say(f"\n=== {text} ===")
 
 
-def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT) -> int:
-    """Run a command; stream its output, and keep a copy in `log`."""
-    print("$ " + " ".join(cmd), flush=True)
+def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool = True) -> int:
+    """Run a command, keep a copy of its output in `log`; stream it unless told not to."""
+    if stream:
+        say("$ " + " ".join(cmd))
     started = time.monotonic()
     with subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
         sink = log.open("w") if log else None
         try:
+            if sink:
+                sink.write("$ " + " ".join(cmd) + "\n")
             for line in proc.stdout:
-                sys.stdout.write(line)
+                if stream:
+                    sys.stdout.write(line)
                 if sink:
                     sink.write(line)
         finally:
             if sink:
                 sink.close()
-    print(f"({time.monotonic() - started:.0f}s, exit {proc.returncode})", flush=True)
+    if stream:
+        say(f"({time.monotonic() - started:.0f}s, exit {proc.returncode})")
     return proc.returncode
 
 
@@ -85,31 +119,34 @@ def count_junit(path: Path, tally: Tally, prefix: str) -> bool:
     for case in ET.parse(path).getroot().iter("testcase"):
         name = f"{prefix}{case.get('classname', '')}::{case.get('name', '')}"
         if case.find("skipped") is not None:
-            tally.skipped += 1
+            with tally.lock:
+                tally.skipped += 1
         else:
             tally.add(name, case.find("failure") is None and case.find("error") is None)
     return True
 
 
-def pytest_level(name: str, args: list[str], tally: Tally) -> None:
+def pytest_level(name: str, args: list[str], tally: Tally, stream: bool = True) -> None:
     report = REPORTS / f"{name}.xml"
     report.unlink(missing_ok=True)
-    rc = run([str(VENV_BIN / "pytest"), "-p", "no:cacheprovider", f"--junitxml={report}", *args])
+    rc = run([str(VENV_BIN / "pytest"), "-p", "no:cacheprovider", f"--junitxml={report}", *args],
+             log=REPORTS / f"{name}.log", stream=stream)
     if not count_junit(report, tally, f"{name}: ") or rc not in (0, 1):
         # pytest could not even run its tests (collection error, bad option).
         tally.add(f"{name}: pytest run (exit {rc})", False)
 
 
 def lint(tally: Tally) -> None:
-    banner("lint")
     tally.add("lint: yamllint", run([str(VENV_BIN / "yamllint"), "--strict", "."]) == 0)
     tally.add("lint: ansible-lint (production profile)",
               run([str(VENV_BIN / "ansible-lint"), "--profile", "production"]) == 0)
 
 
-def unit(tally: Tally) -> None:
-    banner("unit")
-    pytest_level("unit", ["tests/unit"], tally)
+def unit(tally: Tally, jobs: int) -> None:
+    # One test file per worker process: a file's fixtures (a built package
+    # set, an OpenBao dev server) are made once.
+    parallel = ["-n", str(jobs), "--dist", "loadfile"] if jobs > 1 else []
+    pytest_level("unit", [*parallel, "tests/unit"], tally)
 
 
 def scenarios(roles: list[str] | None) -> list[tuple[str, str]]:
@@ -125,59 +162,135 @@ def scenarios(roles: list[str] | None) -> list[tuple[str, str]]:
 _PYTEST_SUMMARY = re.compile(r"=+ (.*) in [\d.]+s")
 
 
-def molecule_level(tally: Tally, roles: list[str] | None) -> None:
-    banner("roles (Molecule)")
-    todo = scenarios(roles)
-    if roles and not todo:
-        tally.add(f"roles: no Molecule scenario for {', '.join(roles)}", False)
-    for role, scenario in todo:
-        log = REPORTS / f"molecule-{role}-{scenario}.log"
-        rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role)
-        tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
-        # The verify step's testinfra summary, e.g. "12 passed, 1 failed in 50s".
-        summaries = _PYTEST_SUMMARY.findall(log.read_text(errors="replace"))
-        if summaries:
-            counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|error|errors)", summaries[-1]))
+def tail(log: Path, lines: int = 60) -> str:
+    return "".join(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+
+
+def molecule(role: str, scenario: str, tally: Tally, stream: bool) -> None:
+    log = REPORTS / f"molecule-{role}-{scenario}.log"
+    rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role,
+             stream=stream)
+    tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
+    if rc != 0 and not stream:
+        say(f"--- molecule {role}/{scenario} failed; the end of {log.relative_to(ROOT)}:\n{tail(log)}")
+    # The verify step's testinfra summary, e.g. "12 passed, 1 failed in 50s".
+    summaries = _PYTEST_SUMMARY.findall(log.read_text(errors="replace"))
+    if summaries:
+        counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|error|errors)", summaries[-1]))
+        failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+        with tally.lock:
             tally.passed += counts.get("passed", 0)
-            failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
             tally.failed += failed
             if failed:
                 tally.failures.append(f"molecule: {role}/{scenario} testinfra ({failed} failed)")
 
 
-def system(tally: Tally) -> None:
-    banner("system (lab)")
+def system(tally: Tally, stream: bool) -> None:
     lab = [str(VENV_BIN / "python"), str(ROOT / "lab" / "lab.py")]
+    log = REPORTS / "lab.log"
     # A fresh lab: containers left from an earlier run may hold another key or state.
-    if run([*lab, "down"]) != 0 or run([*lab, "up"]) != 0:
+    if run([*lab, "down"], log=log, stream=stream) != 0 or run([*lab, "up"], log=log, stream=stream) != 0:
         tally.add("system: lab up", False)
+        if not stream:
+            say(f"--- lab up failed:\n{tail(log)}")
         return
-    pytest_level("system", ["tests/system"], tally)
+    pytest_level("system", ["tests/system"], tally, stream=stream)
+    if not stream and (REPORTS / "system.log").exists():
+        # pytest's own summary: which system tests failed, and why.
+        say(f"--- system: the end of .cache/reports/system.log:\n{tail(REPORTS / 'system.log', 40)}")
+
+
+def timed(tally: Tally, what: str, step, *args) -> None:
+    started = time.monotonic()
+    try:
+        step(*args)
+    except Exception as exc:  # a crashed step is a failed step, and the others go on
+        tally.add(f"{what}: {type(exc).__name__}: {exc}", False)
+    finally:
+        seconds = time.monotonic() - started
+        tally.timed(what, seconds)
+        say(f"=== {what} done in {seconds:.0f}s ===")
+
+
+def run_jobs(tally: Tally, jobs: list[tuple[str, object, tuple]], parallel: int) -> None:
+    """Run (name, step, args) jobs `parallel` at a time; each step takes `stream` last."""
+    stream = parallel <= 1
+    if stream:
+        for name, step, args in jobs:
+            banner(name)
+            timed(tally, name, step, *args, True)
+        return
+    say(f"running {len(jobs)} jobs, {parallel} at a time: {', '.join(name for name, _, _ in jobs)}")
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for name, step, args in jobs:
+            pool.submit(timed, tally, name, step, *args, False)
+
+
+def load_budget() -> dict:
+    return yaml.safe_load(BUDGET.read_text()) if BUDGET.exists() else {}
+
+
+def write_timings(tally: Tally, total: float, jobs: int, budget: dict) -> None:
+    """The run's times for `make bench`, which puts them next to its own figures."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    (REPORTS / "timings.json").write_text(json.dumps({
+        "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "commit": commit.stdout.strip(), "jobs": jobs, "total": total, "total_budget": budget.get("total"),
+        "steps": [{"what": what, "seconds": seconds, "budget": budget.get(what)} for what, seconds in tally.times],
+    }, indent=2) + "\n")
+
+
+def summary(tally: Tally, total: float, jobs: int) -> None:
+    budget = load_budget().get("seconds", {})
+    write_timings(tally, total, jobs, budget)
+    banner(f"summary ({total:.0f}s)")
+    say(f"{'step':44} {'seconds':>8} {'budget':>8}")
+    for what, seconds in tally.times:
+        limit = budget.get(what)
+        mark = "  over budget" if limit and seconds > limit else ""
+        say(f"{what:44} {seconds:8.0f} {limit or '-':>8}{mark}")
+    limit = budget.get("total")
+    say(f"{'total':44} {total:8.0f} {limit or '-':>8}{'  over budget' if limit and total > limit else ''}")
+    for name in tally.failures:
+        say(f"FAILED {name}")
+    line = f"{tally.passed} passed, {tally.failed} failed"
+    if tally.skipped:
+        line += f", {tally.skipped} skipped"
+    say(line)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=["lint", "unit", "roles", "system", "all"])
     parser.add_argument("roles", nargs="*", help="roles for the roles level (default: all)")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("SEVENLEAGUE_TEST_JOBS", "2")),
+                        help="Molecule scenarios and the system level at a time (default 2)")
     args = parser.parse_args()
     REPORTS.mkdir(parents=True, exist_ok=True)
     tally = Tally()
     started = time.monotonic()
     if args.level in ("lint", "all"):
-        lint(tally)
+        banner("lint")
+        timed(tally, "lint", lint, tally)
     if args.level in ("unit", "all"):
-        unit(tally)
-    if args.level in ("roles", "all"):
-        molecule_level(tally, args.roles or None)
+        banner("unit")
+        timed(tally, "unit", unit, tally, args.jobs)
+    jobs = []
     if args.level in ("system", "all"):
-        system(tally)
-    banner(f"summary ({time.monotonic() - started:.0f}s)")
-    for name in tally.failures:
-        print(f"FAILED {name}")
-    line = f"{tally.passed} passed, {tally.failed} failed"
-    if tally.skipped:
-        line += f", {tally.skipped} skipped"
-    print(line, flush=True)
+        # The longest job starts first, so the scenarios fill the other slot.
+        jobs.append(("system", system, (tally,)))
+    if args.level in ("roles", "all"):
+        todo = scenarios(args.roles or None)
+        if args.roles and not todo:
+            tally.add(f"roles: no Molecule scenario for {', '.join(args.roles)}", False)
+        # Longest first (the budget's order of size), so the pool ends together.
+        budget = load_budget().get("seconds", {})
+        todo.sort(key=lambda rs: -budget.get(f"molecule {rs[0]}/{rs[1]}", 0))
+        jobs += [(f"molecule {role}/{scenario}", molecule, (role, scenario, tally)) for role, scenario in todo]
+    if jobs:
+        banner("roles (Molecule) and system (lab)" if len(jobs) > 1 else jobs[0][0])
+        run_jobs(tally, jobs, args.jobs)
+    summary(tally, time.monotonic() - started, args.jobs)
     return 1 if tally.failed or not tally.passed else 0
 
 

@@ -128,3 +128,9 @@ def test_unattended_upgrades_take_security_only(host):
 def test_sysctl_file_is_written(host):
     conf = host.file("/etc/sysctl.d/90-sevenleague.conf")
     assert conf.contains("net.ipv4.tcp_syncookies = 1")
+
+
+def test_the_apt_module_can_run_on_a_host_that_started_without_python3_apt(host):
+    # prepare.yml purged python3-apt; the role brought it back before its first apt task.
+    assert host.package("python3-apt").is_installed
+    assert host.run("python3 -c 'import apt_pkg'").rc == 0
