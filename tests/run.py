@@ -93,7 +93,8 @@ def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool 
     if stream:
         say("$ " + " ".join(cmd))
     started = time.monotonic()
-    with subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+    # No stdin: jobs run side by side, and Ansible refuses a stdin another process made non-blocking.
+    with subprocess.Popen(cmd, cwd=cwd, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
         sink = log.open("w") if log else None
         try:
@@ -214,7 +215,7 @@ def timed(tally: Tally, what: str, step, *args) -> None:
 
 def run_jobs(tally: Tally, jobs: list[tuple[str, object, tuple]], parallel: int) -> None:
     """Run (name, step, args) jobs `parallel` at a time; each step takes `stream` last."""
-    stream = parallel <= 1
+    stream = parallel <= 1 or len(jobs) == 1
     if stream:
         for name, step, args in jobs:
             banner(name)

@@ -1,0 +1,55 @@
+"""The strategy ansible.cfg names: Mitogen's when it can run, Ansible's linear otherwise."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Loads plugins/strategy/mitogen_linear.py as Ansible would, optionally with
+# ansible_mitogen made unimportable, and prints the classes it is built on.
+_PROBE = """
+import importlib.util, sys
+if sys.argv[1] == "without":
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "ansible_mitogen":
+                raise ImportError("No module named 'ansible_mitogen'")
+    sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("mitogen_linear", sys.argv[2])
+plugin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plugin)
+print(" ".join(f"{c.__module__}.{c.__name__}" for c in plugin.StrategyModule.__mro__))
+"""
+
+
+def probe(mode):
+    return subprocess.run([sys.executable, "-c", _PROBE, mode, str(ROOT / "plugins" / "strategy" / "mitogen_linear.py")],
+                          capture_output=True, text=True, check=True)
+
+
+def test_with_mitogen_the_strategy_is_mitogens_linear():
+    mro = probe("with").stdout
+    assert "ansible_mitogen.strategy.StrategyMixin" in mro
+    assert "ansible.plugins.strategy.linear.StrategyModule" in mro
+
+
+def test_without_mitogen_the_strategy_is_ansibles_linear_with_a_warning():
+    result = probe("without")
+    assert result.stdout.split()[0] == "ansible.plugins.strategy.linear.StrategyModule"
+    assert "mitogen" not in result.stdout
+    assert "running the linear strategy instead" in result.stdout + result.stderr
+
+
+def test_ansible_cfg_uses_it_and_keeps_facts_out_of_the_variables():
+    cfg = (ROOT / "ansible.cfg").read_text()
+    assert "\nstrategy = mitogen_linear\n" in cfg and "\nstrategy_plugins = plugins/strategy\n" in cfg
+    assert "\ninject_facts_as_vars = False\n" in cfg
+    # Molecule writes an ansible.cfg of its own: the shared config sets the same through the environment,
+    # but keeps Ansible's linear strategy (its create step's async tasks hang under Mitogen).
+    molecule_env = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())[
+        "provisioner"]["env"]
+    assert "ANSIBLE_STRATEGY" not in molecule_env
+    assert molecule_env["ANSIBLE_INJECT_FACT_VARS"] == "false"
