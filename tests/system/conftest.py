@@ -36,8 +36,9 @@ _RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\
 class PlaybookRun:
     rc: int
     output: str
-    # ansible-runner's job events (the events AWX stores), when run through it.
+    # ansible-runner's job events (the events AWX stores) and private data dir, when run through it.
     events: list[dict] = field(default_factory=list)
+    private_data_dir: Path | None = None
 
     @property
     def recap(self) -> dict[str, dict[str, int]]:
@@ -105,7 +106,7 @@ def ansible_runner(playbook: str, log: str, private_data_dir: Path) -> PlaybookR
     (REPORTS / log).write_text(proc.stdout + stdout)
     events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"),
                                                          key=lambda p: int(p.name.split("-", 1)[0]))]
-    return PlaybookRun(proc.returncode, stdout, events)
+    return PlaybookRun(proc.returncode, stdout, events, private_data_dir)
 
 
 @pytest.fixture(scope="session")

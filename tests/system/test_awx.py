@@ -21,12 +21,10 @@ def test_site_runs_through_ansible_runner_with_no_failed_event(converged):
     assert not stats["failures"] and not stats["dark"]
 
 
-def test_the_runner_job_kept_the_controller_state_outside_the_project(converged, tmp_path_factory):
+def test_the_runner_job_kept_the_controller_state_outside_the_project(converged):
     # SEVENLEAGUE_STATE_DIR pointed the CA and OpenBao's keys at the lab
     # inventory: the copy AWX would throw away holds none of them.
-    copies = list(tmp_path_factory.getbasetemp().glob("awx-job*/project"))
-    assert len(copies) == 1
-    project = copies[0]
+    project = converged[1].private_data_dir / "project"
     assert (project / "site.yml").is_file()
     for state in (".pki", ".pki-next", ".openbao"):
         assert not (project / "inventories" / "lab" / state).exists(), state
