@@ -232,7 +232,7 @@ def load_budget() -> dict:
 
 
 def write_timings(tally: Tally, total: float, jobs: int, budget: dict) -> None:
-    """The run's times for `make bench`, which puts them next to its own figures."""
+    """A whole run's times, for `make bench` to put next to its own figures."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     (REPORTS / "timings.json").write_text(json.dumps({
         "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -241,9 +241,10 @@ def write_timings(tally: Tally, total: float, jobs: int, budget: dict) -> None:
     }, indent=2) + "\n")
 
 
-def summary(tally: Tally, total: float, jobs: int) -> None:
+def summary(tally: Tally, total: float, jobs: int, whole: bool) -> None:
     budget = load_budget().get("seconds", {})
-    write_timings(tally, total, jobs, budget)
+    if whole:
+        write_timings(tally, total, jobs, budget)
     banner(f"summary ({total:.0f}s)")
     say(f"{'step':44} {'seconds':>8} {'budget':>8}")
     for what, seconds in tally.times:
@@ -291,7 +292,7 @@ def main() -> int:
     if jobs:
         banner("roles (Molecule) and system (lab)" if len(jobs) > 1 else jobs[0][0])
         run_jobs(tally, jobs, args.jobs)
-    summary(tally, time.monotonic() - started, args.jobs)
+    summary(tally, time.monotonic() - started, args.jobs, whole=args.level == "all")
     return 1 if tally.failed or not tally.passed else 0
 
 
