@@ -18,10 +18,7 @@ description:
     It refuses a CSR whose signature does not verify, a CSR that asks for other SANs than O(sans),
     a SAN outside O(allowed_domains)/O(allowed_networks), a O(ttl) above O(max_ttl), and a key
     weaker than ECDSA P-256 or RSA-2048. The CSR's subject and extensions are ignored; the CA sets
-    them. Every call issues a new certificate; decide first with C(state=check).
-  - C(state=check) applies the shared renewal policy to O(current_certificate) and changes nothing.
-    Renew when there is none, it expired, less than O(renew_fraction) of its lifetime remains, its
-    SANs differ from O(sans), or the current intermediate did not issue it.
+    them. Every call issues a new certificate; the host's C(sevenleague-pki status) decides first.
   - "Files in O(ca_dir) (mode 0700): C(root.crt), C(root.key), C(intermediate.crt),
     C(intermediate.key) (keys 0600), C(chain.pem) (intermediate, then root). All are written
     atomically, under a lock (C(.lock)), so parallel runs cannot mix two CAs."
@@ -30,10 +27,10 @@ requirements:
 options:
   state:
     description:
-      - C(ca) ensures the CA exists, C(signed) issues a certificate, C(check) decides on renewal.
+      - C(ca) ensures the CA exists, C(signed) issues a certificate.
     type: str
     required: true
-    choices: [ca, signed, check]
+    choices: [ca, signed]
   ca_dir:
     description:
       - Directory of the CA on the controller. Keep it out of version control.
@@ -91,7 +88,7 @@ options:
   sans:
     description:
       - The names the certificate is for (DNS names or IP addresses); the first is also the CN.
-        Required with O(state=signed) and O(state=check).
+        Required with O(state=signed).
     type: list
     elements: str
   ttl:
@@ -104,15 +101,6 @@ options:
       - The longest O(ttl) this CA grants; a longer request fails.
     type: int
     default: 604800
-  current_certificate:
-    description:
-      - The host's current certificate, PEM; empty when it has none. Used with O(state=check).
-    type: str
-    default: ""
-  renew_fraction:
-    description:
-      - Renew when less than this fraction of the lifetime remains. Defaults to one third.
-    type: float
   name:
     description:
       - The certificate's name in RV(metrics) (the C(name) label); a host may hold several.
@@ -135,15 +123,6 @@ EXAMPLES = r"""
   delegate_to: localhost
   run_once: true
 
-- name: Decide whether this host needs a new certificate
-  pki_builtin_ca:
-    state: check
-    ca_dir: "{{ pki_builtin_ca_dir }}"
-    sans: "{{ pki_sans }}"
-    current_certificate: "{{ __pki_current.content | default('') | b64decode }}"
-  delegate_to: localhost
-  register: __pki_check
-
 - name: Sign the host's CSR
   pki_builtin_ca:
     state: signed
@@ -154,7 +133,6 @@ EXAMPLES = r"""
     allowed_domains: [sevenleague.test]
     allowed_networks: [10.213.7.0/24]
   delegate_to: localhost
-  when: __pki_check.renew
   register: __pki_signed
 """
 
@@ -201,8 +179,8 @@ ttl_clipped:
   returned: state is signed
   type: bool
 info:
-  description: Facts about the new (O(state=signed)) or current (O(state=check)) certificate; empty when there is none.
-  returned: state is signed or check
+  description: Facts about the new certificate; empty in check mode.
+  returned: state is signed
   type: dict
   contains:
     serial:
@@ -228,15 +206,6 @@ info:
     fingerprint_sha256:
       description: SHA-256 of the DER certificate, lowercase hex.
       type: str
-renew:
-  description: Whether the host needs a new certificate.
-  returned: state is check
-  type: bool
-reason:
-  description: "Why (or why not), e.g. C(no certificate), C(SANs differ: missing a.example.test),
-    C(valid: renews after ...)."
-  returned: state is check
-  type: str
 """
 
 import contextlib
@@ -251,12 +220,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, check_certificate as shared_check, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, check_certificate as shared_check, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 
@@ -662,18 +631,10 @@ def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl
             "info": cert_info(pem), "metrics": textfile_metrics([(name, cert_info(pem))])}
 
 
-def check_certificate(ca: CA, current_certificate: str, sans: list[str], *,
-                      now: datetime.datetime | None = None,
-                      renew_fraction: float = DEFAULT_RENEW_FRACTION, name: str = "host") -> dict:
-    """The renewal policy applied to a host's current certificate against this CA; changes nothing."""
-    return shared_check(current_certificate, sans, ca.pem(ca.intermediate_cert), now=now,
-                        renew_fraction=renew_fraction, name=name)
-
-
 # --- the module -------------------------------------------------------------------------------
 
 ARGUMENT_SPEC = {
-    "state": {"type": "str", "required": True, "choices": ["ca", "signed", "check"]},
+    "state": {"type": "str", "required": True, "choices": ["ca", "signed"]},
     "ca_dir": {"type": "path", "required": True},
     "ca_name": {"type": "str", "default": "sevenleague"},
     "root_passphrase": {"type": "str", "no_log": True},
@@ -687,12 +648,9 @@ ARGUMENT_SPEC = {
     "sans": {"type": "list", "elements": "str"},
     "ttl": {"type": "int", "default": 86400},
     "max_ttl": {"type": "int", "default": 604800},
-    "current_certificate": {"type": "str", "default": ""},
-    "renew_fraction": {"type": "float"},
     "name": {"type": "str", "default": "host"},
 }
-REQUIRED_IF = [("state", "ca", ["root_passphrase"]), ("state", "signed", ["csr", "sans"]),
-               ("state", "check", ["sans"])]
+REQUIRED_IF = [("state", "ca", ["root_passphrase"]), ("state", "signed", ["csr", "sans"])]
 
 
 def run(params: dict, check_mode: bool) -> dict:
@@ -704,14 +662,10 @@ def run(params: dict, check_mode: bool) -> dict:
                          allowed_domains=params["allowed_domains"], allowed_networks=params["allowed_networks"],
                          root_days=params["root_lifetime_days"],
                          intermediate_days=params["intermediate_lifetime_days"], check_mode=check_mode)
-    if state == "signed":
-        ca = load_ca(params["ca_dir"], params["intermediate_passphrase"])
-        return sign_csr(ca, params["csr"], params["sans"], params["ttl"], max_ttl=params["max_ttl"],
-                        allowed_domains=params["allowed_domains"], allowed_networks=params["allowed_networks"],
-                        allow_wildcard=params["allow_wildcard"], check_mode=check_mode, name=params["name"])
-    fraction = params["renew_fraction"] if params["renew_fraction"] is not None else DEFAULT_RENEW_FRACTION
-    return check_certificate(load_ca(params["ca_dir"], with_key=False), params["current_certificate"],
-                             params["sans"], renew_fraction=fraction, name=params["name"])
+    ca = load_ca(params["ca_dir"], params["intermediate_passphrase"])
+    return sign_csr(ca, params["csr"], params["sans"], params["ttl"], max_ttl=params["max_ttl"],
+                    allowed_domains=params["allowed_domains"], allowed_networks=params["allowed_networks"],
+                    allow_wildcard=params["allow_wildcard"], check_mode=check_mode, name=params["name"])
 
 
 def main() -> None:

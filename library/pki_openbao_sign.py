@@ -24,7 +24,7 @@ description:
   - "Errors name the cause: OpenBao unreachable, sealed or uninitialized, a token without permission,
     a missing mount or role, a SAN the role refuses, a TTL above the maximum, a malformed CSR."
   - Every call issues a new certificate; decide first whether one is needed (the renewal policy is
-    C(pki_builtin_ca state=check) and C(module_utils/sevenleague_pki.py)).
+    the host's C(sevenleague-pki status), with C(module_utils/sevenleague_pki.py)).
 requirements:
   - "hvac >= 1.0 on the node that runs the module (usually the controller, with C(delegate_to: localhost))"
   - cryptography >= 38
@@ -97,7 +97,7 @@ notes:
     allows O(ttl); it signs nothing, and RV(certificate) is empty.
   - "Token authentication: this is the controller's path (first issue, rotate-certs.yml). Hosts renew
     on their own with a login by their current certificate (C(auth/cert/login)), which the pki role's
-    agent C(sevenleague-pki-renew) does without Ansible."
+    timer C(sevenleague-pki renew) does without Ansible."
   - The TTL check after signing compares with the controller's clock; keep OpenBao's clock in sync (NTP).
 author: sevenleague
 """
@@ -175,12 +175,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, iso, load_certificate, normalize_san,
-        not_after, parse_sans, sans_of)
+        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans,
+        sans_of)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, iso, load_certificate, normalize_san,
-        not_after, parse_sans, sans_of)
+        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans,
+        sans_of)
 
 try:
     import hvac
@@ -195,12 +195,9 @@ else:
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
 UTC = datetime.timezone.utc
-# A certificate may end this much before now + ttl: the request takes time, and clocks differ a little.
-TTL_TOLERANCE = datetime.timedelta(minutes=1)
 MIN_TTL = 60
 _DURATION = re.compile(r"(\d+)([dhms])")
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -385,23 +382,18 @@ def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_n
         raise PKIError(f"OpenBao refused to sign with role {role} at {mount}: {_server_message(exc)}") from None
 
     data = response["data"]
-    certificate = data["certificate"].strip() + "\n"
-    cert = load_certificate(certificate, "certificate OpenBao returned")
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     serial = data.get("serial_number", "")
-    if cert.public_key().public_bytes(*spki) != request.public_key().public_bytes(*spki):
-        raise PKIError(f"OpenBao returned a certificate (serial {serial}) for another key than the CSR's: "
-                       f"refusing it; revoke it")
-    issued = set(sans_of(cert))
-    if not set(wanted) - {normalize_san(common_name)} <= issued <= set(wanted):
-        raise PKIError(f"OpenBao issued a certificate (serial {serial}) for {', '.join(sorted(issued))} instead "
-                       f"of {', '.join(wanted)}: refusing it; revoke it and check role {role}")
-    if seconds is not None and not_after(cert) < now + datetime.timedelta(seconds=seconds) - TTL_TOLERANCE:
-        raise PKIError(f"OpenBao issued a certificate (serial {serial}) that ends at {iso(not_after(cert))}, earlier "
-                       f"than ttl {seconds} s asks (the maximum of role {role} or the issuer's expiry in {mount} "
-                       f"shortened it): refusing it; ask for less, or raise that maximum")
     issuing_ca = data.get("issuing_ca", "").strip()
     chain = data.get("ca_chain") or ([issuing_ca] if issuing_ca else [])
+    # The checks every issuance passes (sevenleague_pki.check_issued); the host's tool runs them
+    # again against its trust bundle before it installs the certificate.
+    try:
+        certificate, _ = check_issued(data["certificate"], public_key=request.public_key(), wanted_sans=wanted,
+                                      chain_pem="\n".join(chain), ttl=seconds, asked_at=now)
+    except PKIError as exc:
+        raise PKIError(f"OpenBao issued certificate {serial}, which is refused: {exc}; revoke it, and check "
+                       f"role {role} at {mount}") from None
+    certificate = certificate.decode()
     return {**empty, "certificate": certificate, "issuing_ca": issuing_ca + "\n" if issuing_ca else "",
             "ca_chain": [pem.strip() + "\n" for pem in chain], "serial_number": serial,
             "info": cert_info(certificate), "warnings": _relevant(response.get("warnings"))}

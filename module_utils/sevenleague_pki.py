@@ -15,7 +15,7 @@ import re
 try:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 except ImportError as exc:  # modules report it with missing_required_lib() instead of a traceback
     HAS_CRYPTOGRAPHY = False
@@ -25,9 +25,16 @@ else:
     CRYPTOGRAPHY_IMPORT_ERROR = None
 
 UTC = datetime.timezone.utc
+# The renewal policy's constants, for every backend and both renewal paths.
+# Renew when less than a third of the lifetime is left: a 24 h certificate renews after 16 h,
+# so a host has 8 h of retries before anything expires.
 DEFAULT_RENEW_FRACTION = 1 / 3
+# A CA backdates and rounds; the request and the clocks differ a little. An issued certificate
+# that ends more than this before `asked_at + ttl` was shortened by the CA.
+TTL_TOLERANCE = datetime.timedelta(seconds=60)
 METRIC_PREFIX = "sevenleague_certificate"
 
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # RFC 1035 label, as an A-label (IDNs must be passed punycode-encoded, as certificates store them).
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -298,20 +305,94 @@ def renewal_decision(cert_pem: bytes | str | None, *, now: datetime.datetime, wa
     return renew, reason
 
 
-def check_certificate(current_certificate: str | None, sans: list[str], issuer_cert_pem: str | None, *,
-                      now: datetime.datetime | None = None, renew_fraction: float = DEFAULT_RENEW_FRACTION,
-                      name: str = "host") -> dict:
-    """The renewal policy applied to a host's current certificate, with what facts and metrics say of it."""
-    now = now or datetime.datetime.now(UTC)
-    parse_sans(sans)  # a malformed wanted name is an error now, not an endless "SANs differ"
-    renew, reason = renewal_decision(current_certificate or None, now=now, wanted_sans=sans,
-                                     issuer_cert_pem=issuer_cert_pem, renew_fraction=renew_fraction)
-    try:
-        info = cert_info(current_certificate) if current_certificate and current_certificate.strip() else {}
-    except PKIError:
-        info = {}
-    return {"changed": False, "renew": renew, "reason": reason, "info": info,
-            "metrics": textfile_metrics([(name, info)]) if info else ""}
+
+# --- checks on an issued certificate ----------------------------------------------------------
+
+def split_pem(pem: bytes | str) -> list[bytes]:
+    """Each certificate of a PEM bundle, in order (cryptography 38 has no load_pem_x509_certificates)."""
+    if isinstance(pem, str):
+        pem = pem.encode()
+    return [block + b"\n" for block in _PEM_CERT.findall(pem or b"")]
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject and is_signed_by(cert, cert)
+
+
+def _spki(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def chain_problem(cert: x509.Certificate, intermediates: list[x509.Certificate],
+                  anchors: list[x509.Certificate]) -> str | None:
+    """Why `cert` does not chain through `intermediates` to one of `anchors`; None when it does.
+
+    Signatures only: name constraints and dates are what peers check with their own libraries,
+    but a root missing from the bundle would make every peer reject the certificate at once.
+    """
+    current, unused = cert, list(intermediates)
+    for _ in range(len(intermediates) + 1):
+        if any(is_signed_by(current, anchor) for anchor in anchors):
+            return None
+        parent = next((candidate for candidate in unused if is_signed_by(current, candidate)), None)
+        if parent is None:
+            break
+        unused.remove(parent)
+        current = parent
+    return (f"the trust bundle lacks the root of the new issuer: the chain ends at "
+            f"{current.subject.rfc4514_string()}, issued by {current.issuer.rfc4514_string()}, which the bundle "
+            f"does not hold; run site.yml (or the rotate-ca playbook) so hosts trust the new root first")
+
+
+def check_issued(cert_pem: bytes | str, *, public_key, wanted_sans: list[str], chain_pem: bytes | str = b"",
+                 trust_pem: bytes | str | None = None, ttl: int | None = None,
+                 asked_at: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+    """(cert.pem, chain.pem) once an issued certificate is exactly what was asked for; else PKIError.
+
+    The one check every issuance passes, whichever CA signed and whoever asked: the certificate is
+    for `public_key` (the key the host generated) and for exactly `wanted_sans`; it is valid now;
+    it lives `ttl` seconds from `asked_at` (a CA may shorten a TTL above its maximum with a mere
+    warning); it chains through the intermediates of `chain_pem` to a root of `trust_pem`. Roots
+    in `chain_pem` are dropped: they belong in the trust bundle, not in chain.pem.
+    """
+    if isinstance(cert_pem, str):
+        cert_pem = cert_pem.encode()
+    cert_pem = cert_pem.strip() + b"\n"
+    cert = load_certificate(cert_pem, "issued certificate")
+    serial = serial_hex(cert.serial_number)
+    refuse = f"refusing certificate {serial}"
+    if _spki(cert.public_key()) != _spki(public_key):
+        raise PKIError(f"the certificate is for another key than the one the host generated: {refuse}")
+    have, want = sans_of(cert), sorted({normalize_san(name) for name in wanted_sans})
+    if have != want:
+        raise PKIError(f"certificate {serial} is for {', '.join(have) or 'no names'} instead of {', '.join(want)}: "
+                       f"{refuse}; check the CA role's names (use_csr_sans, allowed names)")
+    now = datetime.datetime.now(UTC)
+    if not_before(cert) > now + TTL_TOLERANCE or not_after(cert) <= now:
+        raise PKIError(f"certificate {serial} is not valid now (valid {iso(not_before(cert))} to "
+                       f"{iso(not_after(cert))}; is a clock wrong?): {refuse}")
+    if ttl and asked_at is not None:
+        asked_end = _require_aware(asked_at) + datetime.timedelta(seconds=ttl)
+        if not_after(cert) < asked_end - TTL_TOLERANCE:
+            raise PKIError(f"the CA shortened certificate {serial}: it ends at {iso(not_after(cert))}, earlier than "
+                           f"ttl {ttl} s asks ({iso(asked_end)}); the CA role's max_ttl or the issuer's own expiry "
+                           f"is shorter: {refuse}; lower the ttl or raise that maximum")
+    intermediates, chain_out = [], b""
+    for block in split_pem(chain_pem):
+        ca = load_certificate(block, "CA chain")
+        if not is_self_signed(ca):
+            intermediates.append(ca)
+            chain_out += block
+    if trust_pem is not None:
+        anchors = [load_certificate(block, "trust bundle") for block in split_pem(trust_pem)]
+        if not anchors:
+            raise PKIError(f"the trust bundle holds no certificate: {refuse}")
+        problem = chain_problem(cert, intermediates, anchors)
+        if problem:
+            raise PKIError(f"certificate {serial}: {problem}")
+    elif intermediates and not any(is_signed_by(cert, ca) for ca in intermediates):
+        raise PKIError(f"certificate {serial} was not signed by the chain that came with it: {refuse}")
+    return cert_pem, chain_out
 
 
 # --- facts and metrics ------------------------------------------------------------------------
@@ -366,9 +447,8 @@ def textfile_metrics(infos: list[tuple[str, dict]]) -> str:
 
 
 __all__ = [
-    "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "cert_info",
-    "check_certificate",
-    "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
+    "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
+    "cert_info", "chain_problem", "check_issued", "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
     "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
-    "renewal_decision", "sans_of", "serial_hex", "textfile_metrics",
+    "renewal_decision", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
 ]

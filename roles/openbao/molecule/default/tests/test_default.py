@@ -10,6 +10,8 @@ import testinfra
 CA, CLIENT = "sl-molecule-openbao", "sl-molecule-openbao-client"
 PKI = "/etc/sevenleague/pki"
 CURRENT = f"{PKI}/current"
+LISTENER_FACT = "/etc/ansible/facts.d/pki_openbao.fact"
+LISTENER_TIMER = "sevenleague-pki-renew-openbao"
 INVENTORY = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "inventory"
 
 
@@ -69,14 +71,46 @@ def test_config_and_data_are_private(ca):
     data = ca.file("/var/lib/openbao")
     assert data.user == "openbao" and data.mode == 0o700
     key = ca.file("/etc/openbao/tls/current/key.pem")
-    assert key.group == "openbao" and key.mode == 0o640
+    assert key.group == "ssl-cert" and key.mode == 0o640
+    assert "ssl-cert" in ca.user("openbao").groups
 
 
-def test_the_listener_certificate_chains_to_the_built_in_root(ca, client):
-    # The client verifies OpenBao with the built-in root it was given, and the name matches.
+def served_serial(ca, client) -> str:
+    """The serial of the certificate OpenBao's listener presents, verified as a client verifies it."""
     out = client.run(f"openssl s_client -connect {ca_address(ca)}:8200 -verify_return_error "
-                     f"-CAfile {PKI}/openbao-server-ca.pem -verify_ip {ca_address(ca)} </dev/null")
-    assert out.rc == 0 and "Verify return code: 0 (ok)" in out.stdout, out.stdout[-800:] + out.stderr
+                     f"-CAfile {PKI}/openbao-server-ca.pem -verify_ip {ca_address(ca)} </dev/null 2>/dev/null"
+                     f" | openssl x509 -noout -serial")
+    assert out.rc == 0, out.stdout + out.stderr
+    return out.stdout.strip().split("=", 1)[1].lower()
+
+
+def test_the_listener_certificate_comes_from_openbao_itself(ca, client):
+    # The first one came from the built-in CA; OpenBao's own PKI issued the one it serves.
+    issuer = ca.check_output("openssl x509 -in /etc/openbao/tls/current/cert.pem -noout -issuer")
+    assert "sevenleague OpenBao intermediate CA" in issuer
+    assert served_serial(ca, client) == json.loads(ca.file(LISTENER_FACT).content_string)["serial"]
+    timer = ca.service(f"{LISTENER_TIMER}.timer")
+    assert timer.is_enabled and timer.is_running
+
+
+def test_the_listener_timer_renews_it_and_openbao_serves_it_without_a_restart(ca, client):
+    before, started = served_serial(ca, client), ca.check_output("systemctl show openbao -p ExecMainStartTimestamp")
+    dropin = f"/run/systemd/system/{LISTENER_TIMER}.service.d/force.conf"
+    config = "/etc/sevenleague/certificates/openbao.json"
+    ca.check_output(f"mkdir -p $(dirname {dropin}) && printf '[Service]\\nExecStart=\\n"
+                    f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {config}\\n' > {dropin}"
+                    f" && systemctl daemon-reload")
+    try:
+        run = ca.run(f"systemctl start {LISTENER_TIMER}.service")
+        assert run.rc == 0, ca.run(f"journalctl -u {LISTENER_TIMER}.service --no-pager -n 30").stdout
+    finally:
+        ca.check_output(f"rm -f {dropin} && systemctl daemon-reload")
+    renewed = json.loads(ca.file(LISTENER_FACT).content_string)["serial"]
+    assert renewed != before
+    # The reload hook made OpenBao read it (SIGHUP): same process, still unsealed, new certificate.
+    assert served_serial(ca, client) == renewed
+    assert ca.check_output("systemctl show openbao -p ExecMainStartTimestamp") == started
+    assert not health(client, ca)["sealed"]
 
 
 def test_unseal_keys_and_root_token_are_only_on_the_controller_encrypted():
@@ -116,7 +150,8 @@ def test_a_login_token_cannot_sign_for_other_names(ca, client):
 
 
 AGENT = "sevenleague-pki-renew-host"
-AGENT_CONFIG = "/etc/sevenleague/pki-renew/host.json"
+AGENT_CONFIG = "/etc/sevenleague/certificates/host.json"
+FORCE_DROPIN = f"/run/systemd/system/{AGENT}.service.d/force.conf"
 
 
 def test_the_timer_runs_the_renewal_agent_on_its_own(client):
@@ -129,14 +164,14 @@ def test_the_timer_runs_the_renewal_agent_on_its_own(client):
 
 @pytest.fixture
 def due_now(client):
-    """The agent's own config, renewing at any age: the next run is due at once."""
-    original = client.file(AGENT_CONFIG).content_string
-    config = json.loads(original)
-    config["renew_fraction"] = 0.999
-    client.run(f"cp -a {AGENT_CONFIG} /tmp/agent-config-backup && echo '{json.dumps(config)}' > {AGENT_CONFIG}")
+    """The timer's own unit, renewing whatever the policy says: the next run renews at once."""
+    command = client.check_output(f"systemctl show {AGENT}.service -p ExecStart --value")
+    assert f"--config {AGENT_CONFIG}" in command
+    client.check_output(f"mkdir -p $(dirname {FORCE_DROPIN}) && printf '[Service]\\nExecStart=\\n"
+                        f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {AGENT_CONFIG}\\n' > {FORCE_DROPIN}"
+                        f" && systemctl daemon-reload")
     yield
-    client.run(f"cp -a /tmp/agent-config-backup {AGENT_CONFIG}")
-    assert client.file(AGENT_CONFIG).content_string == original
+    client.check_output(f"rm -f {FORCE_DROPIN} && systemctl daemon-reload")
 
 
 def test_the_agent_renews_the_certificate_without_the_controller(client, due_now):
@@ -154,16 +189,16 @@ def test_the_agent_renews_the_certificate_without_the_controller(client, due_now
     serial = after.split("=", 1)[1].strip().lower()
     assert f'serial="{serial}"' in client.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
     assert json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)["serial"] == serial
-    journal = client.check_output("journalctl -t sevenleague-pki-renew --no-pager -o cat")
+    journal = client.check_output("journalctl -t sevenleague-pki --no-pager -o cat")
     assert serial in journal.replace(":", "").lower()
 
 
 def test_a_failed_renewal_keeps_the_certificate_and_says_why(client):
     before = client.file(CURRENT).linked_to
-    config = json.loads(client.file("/etc/sevenleague/pki-renew/host.json").content_string)
-    config.update(url="https://127.0.0.1:9", attempts=2, backoff_initial=1)
+    config = json.loads(client.file(AGENT_CONFIG).content_string)
+    config["openbao"].update(url="https://127.0.0.1:9", attempts=2, backoff_initial=1)
     client.run(f"echo '{json.dumps(config)}' > /tmp/broken.json")
-    run = client.run("/usr/local/sbin/sevenleague-pki-renew --config /tmp/broken.json --force")
+    run = client.run("sevenleague-pki renew --config /tmp/broken.json --force")
     assert run.rc == 1
     assert "127.0.0.1:9" in run.stderr
     assert client.file(CURRENT).linked_to == before

@@ -1,1 +1,0 @@
-../../../module_utils/sevenleague_pki.py
