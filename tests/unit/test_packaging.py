@@ -24,15 +24,15 @@ def all_debs(tmp_path_factory) -> Path:
     return out
 
 
-def test_all_four_packages_are_built(all_debs):
+def test_every_package_is_built(all_debs):
     names = sorted(p.name.split("_")[0] for p in all_debs.glob("*.deb"))
-    assert names == ["envoy", "frontend", "greeter", "openbao"]
+    assert names == ["envoy", "frontend", "greeter", "openbao", "sevenleague-pki"]
 
 
 def test_same_sources_give_byte_identical_packages(tmp_path, all_debs, monkeypatch):
     # A second build in another folder, at another time and umask, of the same commit.
     monkeypatch.setenv("TZ", "Pacific/Auckland")
-    again = build(tmp_path, "greeter", "frontend", "envoy", "openbao")
+    again = build(tmp_path, "greeter", "frontend", "envoy", "openbao", "sevenleague-pki")
     first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in all_debs.glob("*.deb")}
     assert again == first
 
@@ -80,3 +80,20 @@ def test_platform_package_carries_the_wheel_binary(all_debs, name, binary):
     [deb] = all_debs.glob(f"{name}_*.deb")
     assert binary in contents(deb)
     assert "Architecture: amd64" in fields(deb)
+
+
+def test_the_pki_tool_ships_the_controllers_policy_module_and_the_version_the_role_pins(all_debs, tmp_path):
+    [deb] = all_debs.glob("sevenleague-pki_*.deb")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    # One policy: the module the controller's modules import, byte for byte.
+    shipped = tmp_path / "usr" / "lib" / "python3" / "dist-packages" / "sevenleague_pki.py"
+    assert shipped.read_bytes() == (ROOT / "module_utils" / "sevenleague_pki.py").read_bytes()
+    assert (tmp_path / "usr" / "sbin" / "sevenleague-pki").stat().st_mode & 0o777 == 0o755
+    control = fields(deb)
+    assert "Architecture: all" in control and "python3-cryptography" in control
+    version = next(line.split(": ", 1)[1] for line in control.splitlines() if line.strip().startswith("Version: "))
+    defaults = (ROOT / "roles" / "pki" / "defaults" / "main.yml").read_text()
+    assert f"pki_tool_version: {version}\n" in defaults, "bump pki_tool_version with the tool's __version__"
+    # A tool, not a service: no maintainer scripts.
+    listed = subprocess.run(["dpkg-deb", "-I", str(deb)], check=True, capture_output=True, text=True).stdout
+    assert "postinst" not in listed and "prerm" not in listed
