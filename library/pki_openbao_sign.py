@@ -139,32 +139,11 @@ serial_number:
   type: str
   sample: "42:a3:89:94:19:e7:bc:78:5e:44:22:01:6a:e8:a9:e3:22:dd:19:49"
 info:
-  description: Facts about the new certificate (as C(pki_builtin_ca)'s RV(info)); empty in check mode.
+  description:
+    - Facts about the new certificate, as C(pki_builtin_ca)'s RV(info) gives them (C(serial), C(not_before),
+      C(not_after), C(sans), C(issuer), C(subject), C(fingerprint_sha256)); empty in check mode.
   returned: always
   type: dict
-  contains:
-    serial:
-      description: Serial number, lowercase hex.
-      type: str
-    not_before:
-      description: Start of validity, ISO 8601 UTC.
-      type: str
-    not_after:
-      description: End of validity, ISO 8601 UTC.
-      type: str
-    sans:
-      description: SANs, sorted.
-      type: list
-      elements: str
-    issuer:
-      description: Issuer DN (RFC 4514).
-      type: str
-    subject:
-      description: Subject DN (RFC 4514).
-      type: str
-    fingerprint_sha256:
-      description: SHA-256 of the DER certificate, lowercase hex.
-      type: str
 """
 
 import datetime

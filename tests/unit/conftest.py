@@ -4,5 +4,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for folder in ("roles/common/filter_plugins", "plugins/action", "lab", "scripts", "library"):
+# module_utils last-inserted first: modules import the policy as a plain module outside Ansible.
+for folder in ("roles/common/filter_plugins", "plugins/action", "plugins/filter", "lab", "scripts", "library",
+               "module_utils"):
     sys.path.insert(0, str(ROOT / folder))

@@ -5,26 +5,19 @@ import ipaddress
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+import pki_builtin_ca as mod
 import pytest
-import yaml
+import sevenleague_pki as pki
+from ansible_module import assert_documented, run_module
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
-# The module imports the policy as a plain module outside Ansible; conftest.py is not ours to change.
-for folder in ("module_utils", "library"):
-    if str(ROOT / folder) not in sys.path:
-        sys.path.insert(0, str(ROOT / folder))
-
-import pki_builtin_ca as mod  # noqa: E402
-from ansible_module import assert_documented, run_module  # noqa: E402
-import sevenleague_pki as pki  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError  # noqa: E402
 
 UTC = datetime.timezone.utc
 DOMAIN = "sevenleague.test"

