@@ -17,16 +17,18 @@ description:
   - "Errors name the cause: OpenBao unreachable, sealed, a token without permission, a refused write
     with OpenBao's own message."
 requirements:
-  - hvac >= 1.0 on the node that runs the module (usually the controller)
+  - Nothing beyond Python; OpenBao's API through C(module_utils/sevenleague_openbao.py), the client the hosts' tool uses too.
 options:
   url:
     description: Address of OpenBao, e.g. C(https://ca1.example.internal:8200).
     type: str
     required: true
   token:
-    description: OpenBao token allowed to read and write O(path).
+    description:
+      - OpenBao token allowed to read and write O(path). Empty for the calls that take none
+        (C(sys/seal-status), C(sys/health), C(sys/init), C(sys/unseal)).
     type: str
-    required: true
+    default: ""
   ca_cert:
     description: CA bundle (PEM file) that verifies OpenBao's TLS certificate; without it the system's trust store is used.
     type: path
@@ -102,21 +104,16 @@ response:
 
 import re
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 try:
-    import hvac
-    import hvac.exceptions
-    import requests
-except ImportError as exc:  # reported with missing_required_lib() instead of a traceback
-    HAS_HVAC = False
-    HVAC_IMPORT_ERROR = exc
-else:
-    HAS_HVAC = True
-    HVAC_IMPORT_ERROR = None
+    from ansible.module_utils.sevenleague_openbao import OpenBao, Refused, SEALED_HINT
+    from ansible.module_utils.sevenleague_openbao import OpenBaoError as ApiError
+except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
+    from sevenleague_openbao import OpenBao, Refused, SEALED_HINT
+    from sevenleague_openbao import OpenBaoError as ApiError
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-SEALED_HINT = "unseal it (see roles/openbao/README.md)"
 
 
 class OpenBaoError(Exception):
@@ -162,53 +159,36 @@ def differences(want: dict, have: dict) -> list[str]:
     return sorted(key for key, value in want.items() if key not in have or not same(value, have[key]))
 
 
-def _reason(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if errors:
-        return "; ".join(str(error).strip() for error in errors)
-    return str(exc).strip() or exc.__class__.__name__
-
-
 class Client:
+    """OpenBao through the shared client, with messages that say what the operator must fix."""
+
     def __init__(self, url: str, token: str, ca_cert: str | None, timeout: int):
         self.url = url.rstrip("/")
-        self.api = hvac.Client(url=self.url, token=token, verify=ca_cert or True, timeout=timeout)
+        self.api = OpenBao(self.url, ca_cert=ca_cert, token=token, timeout=timeout)
 
-    def _call(self, what: str, function, *args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            raise OpenBaoError(f"TLS to OpenBao at {self.url} failed while {what}: {exc}; check ca_cert") from None
-        except requests.exceptions.RequestException as exc:
-            raise OpenBaoError(f"OpenBao at {self.url} is unreachable while {what}: {exc.__class__.__name__}; "
-                               f"check the address, that it runs and that the firewall lets this node in") from None
-        except hvac.exceptions.VaultDown:
-            raise OpenBaoError(f"OpenBao at {self.url} is sealed: {SEALED_HINT}") from None
-        except hvac.exceptions.Forbidden as exc:
-            raise OpenBaoError(f"OpenBao at {self.url} denied {what}: {_reason(exc)}; the token lacks the "
-                               f"permission, or expired") from None
+    def _explain(self, exc: ApiError, what: str) -> OpenBaoError:
+        if exc.status == 503 and "sealed" in exc.errors.lower():
+            return OpenBaoError(f"OpenBao at {self.url} is sealed: {SEALED_HINT}")
+        if exc.status in (401, 403):
+            return OpenBaoError(f"OpenBao at {self.url} denied {what}: {exc.errors}; the token lacks the "
+                                f"permission, or expired")
+        if isinstance(exc, Refused) or exc.status:
+            return OpenBaoError(f"OpenBao at {self.url} refused {what}: {exc.errors}")
+        return OpenBaoError(f"OpenBao at {self.url} is unreachable while {what}: {exc}; check the address, that it "
+                            f"runs and that the firewall lets this node in")
 
     def read(self, path: str) -> tuple[bool, dict]:
         """(exists, data) for `path`; an answer that says "nothing here" counts as absent."""
         try:
-            response = self._call(f"reading {path}", self.api.read, path)
-        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest, hvac.exceptions.InternalServerError):
-            return False, {}
-        if not response:
-            return False, {}
-        if isinstance(response, dict):
-            return True, dict(response.get("data") or response)
-        return True, {}
+            return self.api.read(path)
+        except ApiError as exc:
+            raise self._explain(exc, f"reading {path}") from None
 
     def write(self, path: str, data: dict) -> dict:
         try:
-            response = self._call(f"writing {path}", self.api.write_data, path, data=data)
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath,
-                hvac.exceptions.InternalServerError) as exc:
-            raise OpenBaoError(f"OpenBao at {self.url} refused writing {path}: {_reason(exc)}") from None
-        if isinstance(response, dict):
-            return dict(response.get("data") or {})
-        return {}
+            return self.api.write(path, data)
+        except ApiError as exc:
+            raise self._explain(exc, f"writing {path}") from None
 
 
 def run(client, params: dict, check_mode: bool) -> dict:
@@ -226,7 +206,7 @@ def run(client, params: dict, check_mode: bool) -> dict:
 
 ARGUMENT_SPEC = {
     "url": {"type": "str", "required": True},
-    "token": {"type": "str", "required": True, "no_log": True},
+    "token": {"type": "str", "default": "", "no_log": True},
     "ca_cert": {"type": "path"},
     "path": {"type": "str", "required": True},
     "read_path": {"type": "str"},
@@ -238,8 +218,6 @@ ARGUMENT_SPEC = {
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if not HAS_HVAC:
-        module.fail_json(msg=missing_required_lib("hvac"), exception=str(HVAC_IMPORT_ERROR))
     params = module.params
     try:
         client = Client(params["url"], params["token"], params["ca_cert"], params["timeout"])

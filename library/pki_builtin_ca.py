@@ -216,16 +216,15 @@ import ipaddress
 import os
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info,
+        DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 
@@ -669,16 +668,7 @@ def run(params: dict, check_mode: bool) -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
-    try:
-        result = run(module.params, module.check_mode)
-    except PKIError as exc:
-        module.fail_json(msg=str(exc))
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+    run_ansible_module(ARGUMENT_SPEC, run, required_if=REQUIRED_IF)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ description:
   - Every call issues a new certificate; decide first whether one is needed (the renewal policy is
     the host's C(sevenleague-pki status), with C(module_utils/sevenleague_pki.py)).
 requirements:
-  - "hvac >= 1.0 on the node that runs the module (usually the controller, with C(delegate_to: localhost))"
+  - "OpenBao's API through C(module_utils/sevenleague_openbao.py), the client the hosts' tool uses too (no hvac)"
   - cryptography >= 38
 options:
   url:
@@ -150,27 +150,20 @@ import datetime
 import ipaddress
 import re
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans,
+        HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans, run_ansible_module,
         sans_of)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans,
+        HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans, run_ansible_module,
         sans_of)
 
 try:
-    import hvac
-    import hvac.exceptions
-    import requests
-except ImportError as exc:  # reported with missing_required_lib() instead of a traceback
-    HAS_HVAC = False
-    HVAC_IMPORT_ERROR = exc
-else:
-    HAS_HVAC = True
-    HVAC_IMPORT_ERROR = None
+    from ansible.module_utils.sevenleague_openbao import OpenBao, OpenBaoError, SEALED_HINT
+except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
+    from sevenleague_openbao import OpenBao, OpenBaoError, SEALED_HINT
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
@@ -180,7 +173,6 @@ UTC = datetime.timezone.utc
 MIN_TTL = 60
 _DURATION = re.compile(r"(\d+)([dhms])")
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-SEALED_HINT = "unseal it (see roles/openbao/README.md)"
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -246,59 +238,45 @@ def check_csr(csr_pem: str, common_name: str, wanted: list[str]):
 # --- talking to OpenBao -----------------------------------------------------------------------
 
 def _url(client) -> str:
-    return client.url.rstrip("/")
-
-
-def _reason(exc: Exception) -> str:
-    """The innermost useful words of a requests error ("Connection refused", not three wrapped reprs)."""
-    text = str(exc)
-    errno = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if errno:
-        return errno[-1].strip()
-    if isinstance(exc, requests.exceptions.SSLError):
-        match = re.search(r"\[SSL[^\]]*\] ([^'\")]+)", text)
-        return f"TLS error: {match[1].strip() if match else text} (ca_cert, validate_certs)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "no answer in time (timeout)"
-    return text
-
-
-def _server_message(exc) -> str:
-    errors = getattr(exc, "errors", None)
-    return "; ".join(str(error) for error in errors) if errors else str(exc.args[0] if exc.args else exc)
+    return client.url
 
 
 def _sealed(client) -> PKIError:
     return PKIError(f"OpenBao at {_url(client)} is sealed: {SEALED_HINT}")
 
 
-def _call(client, what: str, function, *args, **kwargs):
-    """Run an hvac call; connection, seal and permission failures become PKIErrors naming OpenBao."""
+def _reason(exc: OpenBaoError) -> str:
+    """The cause of a failed request without the client's own "cannot reach OpenBao at URL (...)"."""
+    text = str(exc)
+    return text.split("): ", 1)[1] if text.startswith("cannot reach OpenBao") and "): " in text else text
+
+
+def _call(client, what: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One request; connection, seal and permission failures become PKIErrors naming OpenBao.
+    Other refusals stay OpenBaoError with their status, for the caller to name."""
     try:
-        return function(*args, **kwargs)
-    except requests.exceptions.RequestException as exc:
-        raise PKIError(f"cannot reach OpenBao at {_url(client)}: {_reason(exc)}") from None
-    except hvac.exceptions.VaultDown as exc:
-        if "sealed" in _server_message(exc).lower():
+        return client.request(method, path, what=what, body=body)
+    except OpenBaoError as exc:
+        if exc.status is None:
+            raise PKIError(f"cannot reach OpenBao at {_url(client)}: {_reason(exc)}") from None
+        if exc.status == 503 and "sealed" in exc.errors.lower():
             raise _sealed(client) from None
-        raise PKIError(f"OpenBao at {_url(client)} is unavailable ({what}): {_server_message(exc)}") from None
-    except hvac.exceptions.VaultNotInitialized:
-        raise PKIError(f"OpenBao at {_url(client)} is not initialized: initialize and unseal it "
-                       f"(see roles/openbao/README.md)") from None
-    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
-        raise PKIError(f"OpenBao at {_url(client)} denied {what}: {_server_message(exc)} (is the token valid, and "
-                       f"does its policy allow it?)") from None
+        if exc.status in (401, 403):
+            raise PKIError(f"OpenBao at {_url(client)} denied {what}: {exc.errors} (is the token valid, and does its "
+                           f"policy allow it?)") from None
+        if exc.status >= 500 or exc.status == 429:
+            raise PKIError(f"OpenBao at {_url(client)} is unavailable ({what}): {exc.errors}") from None
+        raise
 
 
 def make_client(url: str, token: str, *, ca_cert: str | None = None, validate_certs: bool = True,
-                timeout: int = 10):
-    verify = (ca_cert or True) if validate_certs else False
-    return hvac.Client(url=url, token=token, verify=verify, timeout=timeout)
+                timeout: int = 10) -> OpenBao:
+    return OpenBao(url, ca_cert=ca_cert, token=token, timeout=timeout, validate_certs=validate_certs)
 
 
 def check_health(client) -> None:
     """Raise a PKIError unless OpenBao answers, is initialized and is unsealed."""
-    status = _call(client, "reading the seal status", client.sys.read_seal_status)
+    status = _call(client, "reading the seal status", "GET", "sys/seal-status")
     if not status.get("initialized", True):
         raise PKIError(f"OpenBao at {_url(client)} is not initialized: initialize and unseal it "
                        f"(see roles/openbao/README.md)")
@@ -307,23 +285,21 @@ def check_health(client) -> None:
 
 
 def check_token(client) -> None:
-    _call(client, "the token lookup (auth/token/lookup-self)", client.auth.token.lookup_self)
+    _call(client, "the token lookup (auth/token/lookup-self)", "GET", "auth/token/lookup-self")
 
 
 def role_max_ttl(client, mount: str, role: str) -> int | None:
     """The role's max_ttl in seconds (0: the mount's), or None when the token may not read the role."""
     try:
-        response = _call(client, f"reading {mount}/roles/{role}", client.read, f"{mount}/roles/{role}")
+        response = _call(client, f"reading {mount}/roles/{role}", "GET", f"{mount}/roles/{role}")
     except PKIError as exc:
         if "denied" in str(exc):
             return None  # a token allowed to sign but not to read roles: the check after signing still holds
         raise
-    except hvac.exceptions.InvalidPath:
-        raise PKIError(f"no PKI secrets engine mounted at {mount} in OpenBao at {_url(client)}") from None
-    if response is None:
+    except OpenBaoError:
         raise PKIError(f"OpenBao at {_url(client)} has no role {role!r} at {mount}/roles/{role} (or no PKI secrets "
-                       f"engine at {mount})")
-    return int(response["data"].get("max_ttl") or 0)
+                       f"engine at {mount})") from None
+    return int((response.get("data") or {}).get("max_ttl") or 0)
 
 
 def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_names=(), ip_sans=(),
@@ -343,7 +319,7 @@ def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_n
     if check_mode:
         return empty
 
-    params = {"format": "pem"}
+    params = {"format": "pem", "csr": csr, "common_name": common_name}
     alt = sorted({normalize_san(name) for name in alt_names} - {normalize_san(common_name)})
     if alt:
         params["alt_names"] = ",".join(alt)
@@ -353,12 +329,11 @@ def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_n
         params["ttl"] = f"{seconds}s"
     now = now or datetime.datetime.now(UTC)
     try:
-        response = _call(client, f"signing with {mount}/sign/{role}", client.secrets.pki.sign_certificate,
-                         name=role, csr=csr, common_name=common_name, extra_params=params, mount_point=mount)
-    except hvac.exceptions.InvalidPath:
-        raise PKIError(f"no PKI secrets engine mounted at {mount} in OpenBao at {_url(client)}") from None
-    except hvac.exceptions.InvalidRequest as exc:
-        raise PKIError(f"OpenBao refused to sign with role {role} at {mount}: {_server_message(exc)}") from None
+        response = _call(client, f"signing with {mount}/sign/{role}", "POST", f"{mount}/sign/{role}", params)
+    except OpenBaoError as exc:
+        if exc.status == 404:
+            raise PKIError(f"no PKI secrets engine mounted at {mount} in OpenBao at {_url(client)}") from None
+        raise PKIError(f"OpenBao refused to sign with role {role} at {mount}: {exc.errors}") from None
 
     data = response["data"]
     serial = data.get("serial_number", "")
@@ -410,18 +385,7 @@ def run(params: dict, check_mode: bool) -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
-    if not HAS_HVAC:
-        module.fail_json(msg=missing_required_lib("hvac"), exception=str(HVAC_IMPORT_ERROR))
-    try:
-        result = run(module.params, module.check_mode)
-    except PKIError as exc:
-        module.fail_json(msg=str(exc))
-    for warning in result.pop("warnings", []):
-        module.warn(f"OpenBao: {warning}")
-    module.exit_json(**result)
+    run_ansible_module(ARGUMENT_SPEC, run, warning_prefix="OpenBao: ")
 
 
 if __name__ == "__main__":

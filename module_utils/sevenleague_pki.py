@@ -446,9 +446,28 @@ def textfile_metrics(infos: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- the controller's modules ----------------------------------------------------------------
+
+def run_ansible_module(argument_spec: dict, run, *, required_if=None, warning_prefix: str = "") -> None:
+    """main() of the PKI modules: check the inputs, run(params, check_mode), report. A PKIError
+    becomes a failure with its message; run()'s `warnings` become Ansible warnings."""
+    from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # only within Ansible
+
+    module = AnsibleModule(argument_spec=argument_spec, required_if=required_if or [], supports_check_mode=True)
+    if not HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+    try:
+        result = run(module.params, module.check_mode)
+    except PKIError as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings", []):
+        module.warn(f"{warning_prefix}{warning}")
+    module.exit_json(**result)
+
+
 __all__ = [
     "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
     "cert_info", "chain_problem", "check_issued", "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
     "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
-    "renewal_decision", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
+    "renewal_decision", "run_ansible_module", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
 ]

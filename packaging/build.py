@@ -116,9 +116,11 @@ def tool_package() -> Package:
             "usr/sbin/sevenleague-pki": (script, 0o755),
             # The same file as the controller's module_utils: one policy, two delivery routes.
             "usr/lib/python3/dist-packages/sevenleague_pki.py": (ROOT / "module_utils" / "sevenleague_pki.py", 0o644),
+            "usr/lib/python3/dist-packages/sevenleague_openbao.py": (
+                ROOT / "module_utils" / "sevenleague_openbao.py", 0o644),
         },
         unit=False,
-        sources=["packaging/sevenleague-pki", "module_utils/sevenleague_pki.py"],
+        sources=["packaging/sevenleague-pki", "module_utils/sevenleague_pki.py", "module_utils/sevenleague_openbao.py"],
     )
 
 

@@ -89,6 +89,20 @@ def test_the_builtin_root_key_is_encrypted_at_rest():
     assert "ENCRYPTED" in (CA_DIR / "root.key").read_text()
 
 
+def test_a_refused_issuance_leaves_the_host_as_it_was(hosts):
+    # OpenBao refuses to sign (no such role): the play fails naming the reason, the key made for
+    # the request is gone, and the host keeps its certificate.
+    host = hosts["app1.sevenleague.test"]
+    before, target = serial(host), host.file(CURRENT).linked_to
+    run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e",
+                           json.dumps({**FORCE, "pki_openbao_role": "no-such-role"}), log="pki-refused.log")
+    assert run.rc != 0
+    assert "No new certificate for app1.sevenleague.test (host), the current one stays in place" in run.output
+    assert "no-such-role" in run.output
+    assert serial(host) == before and host.file(CURRENT).linked_to == target
+    assert not host.file("/etc/sevenleague/pki/pending").exists
+
+
 @pytest.fixture(scope="module")
 def rotation(hosts):
     before = {name: serial(host) for name, host in hosts.items()}

@@ -85,9 +85,10 @@ def test_platform_package_carries_the_wheel_binary(all_debs, name, binary):
 def test_the_pki_tool_ships_the_controllers_policy_module_and_the_version_the_role_pins(all_debs, tmp_path):
     [deb] = all_debs.glob("sevenleague-pki_*.deb")
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
-    # One policy: the module the controller's modules import, byte for byte.
-    shipped = tmp_path / "usr" / "lib" / "python3" / "dist-packages" / "sevenleague_pki.py"
-    assert shipped.read_bytes() == (ROOT / "module_utils" / "sevenleague_pki.py").read_bytes()
+    # One policy and one OpenBao client: the modules the controller's modules import, byte for byte.
+    for name in ("sevenleague_pki.py", "sevenleague_openbao.py"):
+        shipped = tmp_path / "usr" / "lib" / "python3" / "dist-packages" / name
+        assert shipped.read_bytes() == (ROOT / "module_utils" / name).read_bytes(), name
     assert (tmp_path / "usr" / "sbin" / "sevenleague-pki").stat().st_mode & 0o777 == 0o755
     control = fields(deb)
     assert "Architecture: all" in control and "python3-cryptography" in control
