@@ -33,7 +33,7 @@ def ca_address(ca):
     return ca.check_output("hostname -I").split()[0]
 
 
-# The image has no curl: requests go through the host's python3, as the agent's do.
+# The image has no curl: requests go through the host's python3, as the timer's do.
 _REQUEST = """
 import json, ssl, sys, urllib.error, urllib.request
 url, body, token, cert = sys.argv[1:5]
@@ -182,7 +182,7 @@ def test_the_agent_renews_the_certificate_without_the_controller(client, due_now
     run = client.run(f"systemctl start {AGENT}.service")
     assert run.rc == 0, client.run(f"journalctl -u {AGENT}.service --no-pager -n 30").stdout
     after = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
-    assert after != before, "the agent did not renew a certificate that was due"
+    assert after != before, "the timer did not renew a certificate that was due"
     assert client.check_output(f"openssl pkey -in {CURRENT}/key.pem -pubout") != before_key
     verify = client.run(f"cd {CURRENT} && openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem")
     assert verify.rc == 0, verify.stderr
