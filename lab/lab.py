@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The sevenleague lab: podman containers that act as Debian hosts.
 
-    lab.py images   build the base and host images if they are missing
+    lab.py images   build the base and host images of every release if missing
     lab.py up       images, network, one container per inventory host, SSH key
     lab.py down     remove the lab's containers and network, nothing else
     lab.py status   what is running
 
-Hosts, addresses and the subnet come from the lab inventory, so the inventory
-is the only list of lab hosts.  Every step checks before it acts: `up` on a
-running lab changes nothing.
+Hosts, addresses, each host's Debian release (`lab_release`, default
+trixie) and the subnet come from the lab inventory, so the inventory is the
+only list of lab hosts.  Every step checks before it acts: `up` on a running
+lab changes nothing.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "lab"
 STATE = ROOT / ".lab"
 INVENTORY = ROOT / "inventories" / "lab"
-BASE_IMAGE = "localhost/sevenleague-base:bookworm"
-HOST_IMAGE = "localhost/sevenleague-node:bookworm"
+# The Debian releases a lab host can run, by codename; new hosts get the first.
+RELEASES = ("trixie", "bookworm")
+DEFAULT_RELEASE = RELEASES[0]
 LABEL = "io.sevenleague.lab=1"
 # What a host needs before Ansible can manage it: Python, and python3-apt for
 # the apt module (under Mitogen it cannot install python3-apt itself).
@@ -70,16 +72,26 @@ def exists(kind: str, name: str) -> bool:
     return podman(kind, "exists", name, check=False).returncode == 0
 
 
+def base_image(release: str) -> str:
+    return f"localhost/sevenleague-base:{release}"
+
+
+def host_image(release: str) -> str:
+    return f"localhost/sevenleague-node:{release}"
+
+
 def lab_config() -> dict:
-    """Read hosts and network from the lab inventory."""
+    """Read hosts, their releases and the network from the lab inventory."""
     hosts_file = INVENTORY / "hosts.yml"
     lab_vars = yaml.safe_load((INVENTORY / "group_vars" / "all" / "lab.yml").read_text())
     inv = yaml.safe_load(hosts_file.read_text())
     hosts: dict[str, str] = {}
+    releases: dict[str, str] = {}
 
     def walk(group: dict) -> None:
         for name, hvars in (group.get("hosts") or {}).items():
             hosts[name] = (hvars or {}).get("ansible_host", name)
+            releases[name] = (hvars or {}).get("lab_release", lab_vars.get("lab_release", DEFAULT_RELEASE))
         for child in (group.get("children") or {}).values():
             walk(child or {})
 
@@ -89,7 +101,10 @@ def lab_config() -> dict:
         if ipaddress.ip_address(addr) not in subnet:
             sys.exit(f"lab: {name} has ansible_host {addr}, outside lab_subnet {subnet}: "
                      f"fix inventories/lab/hosts.yml")
-    return {"hosts": hosts, "subnet": str(subnet), "network": lab_vars["lab_network"]}
+        if releases[name] not in RELEASES:
+            sys.exit(f"lab: {name} has lab_release {releases[name]!r}; the lab builds "
+                     f"{' and '.join(RELEASES)}: fix inventories/lab/hosts.yml")
+    return {"hosts": hosts, "releases": releases, "subnet": str(subnet), "network": lab_vars["lab_network"]}
 
 
 def container_name(host: str) -> str:
@@ -129,30 +144,45 @@ def image_label(image: str, label: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def build_images(rebuild: bool = False) -> None:
+def build_images(rebuild: bool = False, releases=RELEASES) -> None:
+    """Both releases' images, so Molecule and the lab find whichever they name."""
+    for release in releases:
+        build_release_images(release, rebuild)
+
+
+def build_release_images(release: str, rebuild: bool) -> None:
+    base, host = base_image(release), host_image(release)
+    build_base_image(release, rebuild)
+    # A new base image makes a new host image too.
+    digest = context_digest() + podman("image", "inspect", base, "--format", "{{ .Id }}").stdout.strip()[:12]
+    if rebuild or image_label(host, "io.sevenleague.context") != digest:
+        log(f"building {host}")
+        podman("build", "--build-arg", f"RELEASE={release}", "--label", f"io.sevenleague.context={digest}",
+               "-t", host, "-f", str(LAB / "Containerfile"), str(LAB), capture=False)
+
+
+def build_base_image(release: str, rebuild: bool = False) -> str:
+    """A debootstrapped Debian `release` with systemd and Python, no sshd; returns its name.
+    Any release the mirror has: the system tests also build an unsupported one."""
     packages = ",".join(BASE_PACKAGES)
-    if rebuild or image_label(BASE_IMAGE, "io.sevenleague.packages") != packages:
+    base = base_image(release)
+    if rebuild or image_label(base, "io.sevenleague.packages") != packages:
         if shutil.which("debootstrap") is None:
             sys.exit("lab: debootstrap is missing: run `make deps` (or apt-get install debootstrap)")
         mirror = debian_mirror()
-        log(f"building {BASE_IMAGE} with debootstrap from {mirror} (about a minute)")
+        log(f"building {base} with debootstrap from {mirror} (about a minute)")
         with tempfile.TemporaryDirectory(prefix="sl-rootfs-") as rootfs:
             subprocess.run(
                 ["debootstrap", "--variant=minbase",
                  f"--include={packages}",
-                 "bookworm", rootfs, mirror],
+                 release, rootfs, mirror],
                 check=True, stdout=subprocess.DEVNULL)
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
             podman("import", "--change", "CMD /sbin/init", "--change", f"LABEL io.sevenleague.packages={packages}",
-                   "-", BASE_IMAGE, stdin=tar.stdout)
+                   "-", base, stdin=tar.stdout)
             if tar.wait() != 0:
                 sys.exit("lab: tar of the debootstrap tree failed")
-    # A new base image makes a new host image too.
-    digest = context_digest() + podman("image", "inspect", BASE_IMAGE, "--format", "{{ .Id }}").stdout.strip()[:12]
-    if rebuild or image_label(HOST_IMAGE, "io.sevenleague.context") != digest:
-        log(f"building {HOST_IMAGE}")
-        podman("build", "--label", f"io.sevenleague.context={digest}", "-t", HOST_IMAGE,
-               "-f", str(LAB / "Containerfile"), str(LAB), capture=False)
+    return base
 
 
 def ensure_ssh_key() -> None:
@@ -233,12 +263,13 @@ def up(cfg: dict) -> None:
                 log(f"starting {name}")
                 podman("start", name)
         else:
-            log(f"creating {name} ({host}, {addr})")
+            release = cfg["releases"][host]
+            log(f"creating {name} ({host}, {addr}, Debian {release})")
             podman("run", "-d", "--name", name, "--hostname", host,
                    "--network", cfg["network"], "--ip", addr, "--label", LABEL,
                    *[f"--cap-add={c}" for c in CAPS],
                    "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
-                   HOST_IMAGE, "/sbin/init")
+                   host_image(release), "/sbin/init")
         authorize_key(name, pubkey)
     write_known_hosts(cfg)
     for host, addr in cfg["hosts"].items():
@@ -302,7 +333,7 @@ def status(cfg: dict) -> None:
         state = "absent"
         if exists("container", name):
             state = podman("inspect", name, "--format", "{{ .State.Status }}").stdout.strip()
-        print(f"{host:32} {addr:15} {name:12} {state}")
+        print(f"{host:32} {addr:15} {name:12} {cfg['releases'][host]:9} {state}")
 
 
 def main() -> None:

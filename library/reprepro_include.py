@@ -40,7 +40,7 @@ EXAMPLES = r"""
 - name: Publish greeter
   reprepro_include:
     basedir: /srv/apt
-    codename: bookworm
+    codename: sevenleague
     deb: /var/lib/apt-repo/incoming/greeter_1.0.0-1_all.deb
     gnupghome: /var/lib/apt-repo/gnupg
 """

@@ -29,6 +29,8 @@ import lab  # noqa: E402
 REPORTS = ROOT / ".cache" / "reports"
 SSH_CONFIG = ROOT / ".lab" / "ssh" / "config"
 LAB_HOSTS = lab.lab_config()["hosts"]
+# Each host's Debian codename, as the lab inventory names it (lab_release).
+LAB_RELEASES = lab.lab_config()["releases"]
 _RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 

@@ -1,11 +1,11 @@
 """The baseline layer on every lab host, as a user relies on it."""
 
+import json
 import socket
 import subprocess
 
 import pytest
-from conftest import LAB_HOSTS, ROOT, ansible_playbook
-
+from conftest import LAB_HOSTS, LAB_RELEASES, ROOT, ansible_playbook
 
 REPO_ADDRESS = next(LAB_HOSTS[h] for h in LAB_HOSTS if h.startswith("repo"))
 
@@ -106,9 +106,23 @@ def test_journal_is_persistent(hosts, lab_host):
     assert host.file(f"/var/log/journal/{machine_id}").is_directory
 
 
-@pytest.mark.parametrize("suite", ["bookworm-updates", "bookworm-security"])
-def test_apt_follows_updates_and_security(hosts, lab_host, suite):
-    assert suite in hosts[lab_host].check_output("apt-cache policy")
+def test_host_runs_the_debian_release_the_inventory_names(hosts, lab_host):
+    assert hosts[lab_host].system_info.codename == LAB_RELEASES[lab_host]
+
+
+def test_the_lab_mixes_both_releases_in_every_group_of_two():
+    inventory = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-inventory"), "--list"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    groups = json.loads(inventory.stdout)
+    for name, group in groups.items():
+        members = group.get("hosts", []) if isinstance(group, dict) else []
+        if len(members) >= 2:
+            assert {LAB_RELEASES[h] for h in members} == {"bookworm", "trixie"}, name
+
+
+@pytest.mark.parametrize("pocket", ["updates", "security"])
+def test_apt_follows_updates_and_security_of_the_hosts_release(hosts, lab_host, pocket):
+    assert f"{LAB_RELEASES[lab_host]}-{pocket}" in hosts[lab_host].check_output("apt-cache policy")
 
 
 def test_every_host_trusts_the_internal_repository_by_its_own_key(hosts, lab_host):
@@ -118,9 +132,11 @@ def test_every_host_trusts_the_internal_repository_by_its_own_key(hosts, lab_hos
     assert f"http://{REPO_ADDRESS}/" in source
 
 
-def test_app_host_installs_greeter_from_the_internal_repository(hosts):
-    """A pinned version, with the repository's signature checked, then its health endpoint."""
-    host = hosts["app1.sevenleague.test"]
+@pytest.mark.parametrize("app_host", ["app1.sevenleague.test", "app2.sevenleague.test"], ids=["app1", "app2"])
+def test_app_host_installs_greeter_from_the_internal_repository(hosts, app_host):
+    """A pinned version, with the repository's signature checked, then its health endpoint:
+    the same package from the same suite on Debian 13 (app1) and Debian 12 (app2)."""
+    host = hosts[app_host]
     version = sorted((ROOT / "build" / "debs").glob("greeter_*.deb"))[-1].name.split("_")[1]
     # The host's own apt timers may hold the lock for a while: wait for it rather than fail.
     install = host.run("apt-get -o DPkg::Lock::Timeout=300 update -q && DEBIAN_FRONTEND=noninteractive "
@@ -129,6 +145,6 @@ def test_app_host_installs_greeter_from_the_internal_repository(hosts):
     assert "WARNING: The following packages cannot be authenticated" not in install.stdout
     assert host.package("greeter").version == version
     policy = host.check_output("apt-cache policy greeter")
-    assert f"http://{REPO_ADDRESS} bookworm/main" in policy
+    assert f"http://{REPO_ADDRESS} sevenleague/main" in policy
     health = host.run("for i in $(seq 50); do curl -fsS http://127.0.0.1:8081/healthz && exit 0; sleep 0.2; done; exit 1")
     assert health.rc == 0 and '"ok"' in health.stdout

@@ -51,3 +51,22 @@ def test_ca_keys_and_openbao_secrets_are_never_committed(path):
     result = subprocess.run(["git", "check-ignore", "-q", "--no-index", path],
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_lab_hosts_run_both_releases_and_new_hosts_get_debian_13():
+    cfg = lab.lab_config()
+    assert set(cfg["releases"]) == set(cfg["hosts"])
+    assert set(cfg["releases"].values()) == {"bookworm", "trixie"}
+    assert lab.DEFAULT_RELEASE == "trixie"
+    assert lab.host_image("trixie") == "localhost/sevenleague-node:trixie"
+
+
+def test_an_unknown_lab_release_names_the_host_and_the_fix(tmp_path, monkeypatch):
+    inventory = tmp_path / "lab"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    (inventory / "group_vars" / "all" / "lab.yml").write_text("lab_network: n\nlab_subnet: 10.0.0.0/24\n")
+    (inventory / "hosts.yml").write_text(
+        "all:\n  hosts:\n    old.example:\n      ansible_host: 10.0.0.5\n      lab_release: bullseye\n")
+    monkeypatch.setattr(lab, "INVENTORY", inventory)
+    with pytest.raises(SystemExit, match="old.example has lab_release 'bullseye'; the lab builds trixie and bookworm"):
+        lab.lab_config()

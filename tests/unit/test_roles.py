@@ -31,7 +31,7 @@ def spec_options(role):
 @pytest.mark.parametrize("role", ROLES)
 def test_role_has_the_standard_parts(role):
     base = ROOT / "roles" / role
-    for part in ("meta/argument_specs.yml", "defaults/main.yml", "tasks/main.yml", "tasks/preflight.yml",
+    for part in ("meta/argument_specs.yml", "meta/main.yml", "defaults/main.yml", "tasks/main.yml", "tasks/preflight.yml",
                  "README.md", "molecule/default/molecule.yml", "molecule/default/converge.yml"):
         assert (base / part).exists(), f"roles/{role}/{part} is missing"
     assert list((base / "molecule" / "default" / "tests").glob("test_*.py")), f"{role} has no testinfra tests"
@@ -55,6 +55,31 @@ def test_defaults_match_the_argument_spec_key_for_key(role):
 def test_variables_carry_the_role_prefix(role):
     for name in spec_options(role):
         assert name.startswith(f"{role}_"), f"{name} should start with {role}_"
+
+
+def platforms(role):
+    meta = yaml.safe_load((ROOT / "roles" / role / "meta" / "main.yml").read_text())
+    return {p["name"]: p["versions"] for p in meta["galaxy_info"]["platforms"]}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_supports_debian_12_and_13_and_checks_it_first(role):
+    assert platforms(role) == {"Debian": ["bookworm", "trixie"]}
+    preflight = yaml.safe_load((ROOT / "roles" / role / "tasks" / "preflight.yml").read_text())
+    modules = [next(k for k in task if k not in ("name", "tags", "when", "vars")) for task in preflight]
+    # After the type check, before any other task of the role.
+    assert modules[:2] == ["strict_types", "supported_release"], modules[:3]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_release_differences_live_in_one_vars_file_per_release(role):
+    """A role that varies by release has a vars file for every release it supports, with the same keys."""
+    files = {p.stem: p for p in (ROOT / "roles" / role / "vars").glob("*.yml") if p.stem != "main"}
+    if not files:
+        return
+    assert sorted(files) == sorted(platforms(role)["Debian"])
+    keys = {release: sorted(yaml.safe_load(path.read_text())) for release, path in files.items()}
+    assert len({tuple(k) for k in keys.values()}) == 1, keys
 
 
 @pytest.mark.parametrize("role", ROLES)
