@@ -4,13 +4,13 @@ refuses it the moment its metadata or key does not match."""
 import pytest
 
 LISTS = "/var/lib/apt/lists"
-DIST = "/srv/apt/dists/bookworm"
+DIST = "/srv/apt/dists/sevenleague"
 
 
 def update(host):
     """apt-get update, reading the internal repository's files afresh."""
-    host.run(f"find {LISTS} -maxdepth 1 -name '*bookworm_main*' ! -name '*debian*' -delete; "
-             f"find {LISTS} -maxdepth 1 -name '*_dists_bookworm_*Release*' ! -name '*debian*' -delete")
+    host.run(f"find {LISTS} -maxdepth 1 -name '*sevenleague_main*' ! -name '*debian*' -delete; "
+             f"find {LISTS} -maxdepth 1 -name '*_dists_sevenleague_*Release*' ! -name '*debian*' -delete")
     # The host's own apt timers may hold the lock for a while: wait for it rather than fail.
     return host.run("apt-get -o DPkg::Lock::Timeout=300 update")
 
@@ -59,7 +59,9 @@ def test_a_tampered_release_file_is_refused(host, restore):
     result = update(host)
     output = result.stdout + result.stderr
     assert result.rc != 0
-    assert "signatures were invalid" in output or "BADSIG" in output, output
+    # gpgv (apt 2, Debian 12) says BADSIG; sqv (apt 3, Debian 13) says the message was manipulated.
+    assert ("signatures were invalid" in output or "BADSIG" in output
+            or "Message has been manipulated" in output), output
 
 
 def test_a_repository_signed_by_an_unknown_key_is_refused(host, restore):

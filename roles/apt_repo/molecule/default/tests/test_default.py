@@ -43,7 +43,7 @@ def repo_incoming(repo):
 def test_client_installed_greeter_from_the_repository(client, repo_address, greeter_version):
     assert client.package("greeter").version == greeter_version
     policy = client.check_output("apt-cache policy greeter")
-    assert f"http://{repo_address} bookworm/main" in policy
+    assert f"http://{repo_address} sevenleague/main" in policy
 
 
 def test_installed_greeter_answers(client):
@@ -54,7 +54,7 @@ def test_installed_greeter_answers(client):
 def test_indexes_are_signed_by_the_published_key(repo):
     check = repo.run(
         f"gpg --dearmor < {BASEDIR}/sevenleague-archive-keyring.asc > /tmp/keyring.gpg && "
-        f"gpgv --keyring /tmp/keyring.gpg {BASEDIR}/dists/bookworm/InRelease")
+        f"gpgv --keyring /tmp/keyring.gpg {BASEDIR}/dists/sevenleague/InRelease")
     assert check.rc == 0, check.stderr
 
 
@@ -69,7 +69,7 @@ def test_private_key_stays_in_its_root_only_home(repo):
 
 @pytest.mark.parametrize(("path", "code"), [
     ("/sevenleague-archive-keyring.asc", "200"),
-    ("/dists/bookworm/InRelease", "200"),
+    ("/dists/sevenleague/InRelease", "200"),
     ("/conf/distributions", "404"),
     ("/db/packages.db", "404"),
     ("/", "404"),
@@ -87,7 +87,7 @@ def test_hosts_outside_the_fleet_cannot_reach_the_repository(repo_address):
 
 def test_publishing_the_same_file_again_changes_nothing(repo):
     result = repo.ansible("reprepro_include",
-                          f"basedir={BASEDIR} codename=bookworm deb={repo_incoming(repo)} gnupghome={GNUPGHOME}",
+                          f"basedir={BASEDIR} codename=sevenleague deb={repo_incoming(repo)} gnupghome={GNUPGHOME}",
                           check=False)
     assert result.get("changed") is False and result.get("action") == "unchanged", result
 
@@ -99,7 +99,7 @@ def test_a_changed_file_with_a_published_version_is_refused(repo):
         f" && dpkg-deb --root-owner-group --build /tmp/rebuild /tmp/greeter-changed.deb")
     assert rebuilt.rc == 0, rebuilt.stderr
     result = repo.ansible("reprepro_include",
-                          f"basedir={BASEDIR} codename=bookworm deb=/tmp/greeter-changed.deb gnupghome={GNUPGHOME}",
+                          f"basedir={BASEDIR} codename=sevenleague deb=/tmp/greeter-changed.deb gnupghome={GNUPGHOME}",
                           check=False)
     # testinfra hands back the module's result; the refusal is its message.
     assert "already published from a different file" in result.get("msg", ""), result

@@ -35,6 +35,15 @@ def listeners(host):
         host.run(f"systemctl stop probe-{port}.service")
 
 
+def admits(source, address):
+    """Whether an nft set element (address, prefix or first-last range) holds the address."""
+    address = ipaddress.ip_address(address)
+    if "-" in source:
+        first, last = (ipaddress.ip_address(a.strip()) for a in source.split("-"))
+        return first <= address <= last
+    return address in ipaddress.ip_network(source)
+
+
 def reachable(address, port, timeout=2.0):
     try:
         with socket.create_connection((address, port), timeout=timeout):
@@ -63,9 +72,9 @@ def test_port_without_a_rule_is_refused(host, address, listeners):
 def test_role_rule_set_admits_only_its_source_group(host, address, listeners):
     chain = host.run("nft list chain inet sevenleague roles").stdout
     rule = next(line for line in chain.splitlines() if "probe-monitoring" in line)
-    # Both scenario hosts are in the group; nft may merge their addresses into one prefix.
+    # Both scenario hosts are in the group; nft may merge their addresses into a prefix or range.
     sources = rule.split("ip saddr", 1)[1].split("tcp dport")[0].strip(" {}").split(", ")
-    assert any(ipaddress.ip_address(address) in ipaddress.ip_network(s) for s in sources), rule
+    assert any(admits(source, address) for source in sources), rule
     # The controller is not in the monitoring group.
     assert not reachable(address, 8081)
 
