@@ -54,6 +54,11 @@ OPENBAO_SECRETS = INVENTORY / ".openbao"
 # NET_ADMIN so nftables works in the container's own network namespace,
 # NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
 CAPS = ["NET_ADMIN", "NET_RAW"]
+# systemd 257 (Debian 13) keeps CAP_SYS_ADMIN across the switch to a unit's
+# User= to install its seccomp filters afterwards; without the capability
+# every hardened unit with User= (OpenBao, node_exporter, the apps) fails with
+# 217/USER (systemd issue 34565). Real hosts have it; Debian 12 does not need it.
+RELEASE_CAPS = {"trixie": ["SYS_ADMIN"]}
 
 
 def log(msg: str) -> None:
@@ -267,7 +272,7 @@ def up(cfg: dict) -> None:
             log(f"creating {name} ({host}, {addr}, Debian {release})")
             podman("run", "-d", "--name", name, "--hostname", host,
                    "--network", cfg["network"], "--ip", addr, "--label", LABEL,
-                   *[f"--cap-add={c}" for c in CAPS],
+                   *[f"--cap-add={c}" for c in CAPS + RELEASE_CAPS.get(release, [])],
                    "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
                    host_image(release), "/sbin/init")
         authorize_key(name, pubkey)
