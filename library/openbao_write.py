@@ -50,8 +50,9 @@ options:
       - C(read) never writes.
       - C(write) writes without reading first, for operations (generate a CSR, sign, import) whose path
         cannot be read; the caller decides when (C(when:)), and the task always reports a change.
+      - C(absent) deletes O(path) when O(read_path) holds something, e.g. the role of a retired host.
     type: str
-    choices: [present, once, read, write]
+    choices: [present, once, read, write, absent]
     default: present
   timeout:
     description: Seconds to wait for OpenBao per request.
@@ -190,17 +191,27 @@ class Client:
         except ApiError as exc:
             raise self._explain(exc, f"writing {path}") from None
 
+    def delete(self, path: str) -> None:
+        try:
+            self.api.delete(path)
+        except ApiError as exc:
+            raise self._explain(exc, f"deleting {path}") from None
+
 
 def run(client, params: dict, check_mode: bool) -> dict:
     path, state, data = params["path"].strip("/"), params["state"], params["data"] or {}
     read_path = (params["read_path"] or path).strip("/")
     existed, current = client.read(read_path) if state != "write" else (False, {})
     diff = differences(data, current) if existed else sorted(data)
-    needed = {"present": bool(diff) or not existed, "once": not existed, "read": False, "write": True}[state]
-    result = {"changed": needed, "existed": existed, "differences": diff if needed else [],
+    needed = {"present": bool(diff) or not existed, "once": not existed, "read": False, "write": True,
+              "absent": existed}[state]
+    result = {"changed": needed, "existed": existed, "differences": diff if needed and state != "absent" else [],
               "current": current, "response": {}}
     if needed and not check_mode:
-        result["response"] = client.write(path, data)
+        if state == "absent":
+            client.delete(path)
+        else:
+            result["response"] = client.write(path, data)
     return result
 
 
@@ -211,7 +222,7 @@ ARGUMENT_SPEC = {
     "path": {"type": "str", "required": True},
     "read_path": {"type": "str"},
     "data": {"type": "dict", "default": {}},
-    "state": {"type": "str", "default": "present", "choices": ["present", "once", "read", "write"]},
+    "state": {"type": "str", "default": "present", "choices": ["present", "once", "read", "write", "absent"]},
     "timeout": {"type": "int", "default": 10},
 }
 

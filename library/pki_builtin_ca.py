@@ -219,12 +219,12 @@ import tempfile
 
 try:
     from ansible.module_utils.sevenleague_pki import (
-        DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
+        CLOCK_SKEW_TOLERANCE, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
-        DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
+        CLOCK_SKEW_TOLERANCE, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
         parse_sans, sans_of, textfile_metrics)
 
@@ -243,7 +243,7 @@ CHAIN = "chain.pem"
 CA_FILES = (ROOT_KEY, ROOT_CERT, INTERMEDIATE_KEY, INTERMEDIATE_CERT)  # the order they are written in
 LOCK = ".lock"
 # Hosts whose clocks run a little behind still accept a certificate issued this minute.
-CLOCK_SKEW = datetime.timedelta(minutes=5)
+CLOCK_SKEW = CLOCK_SKEW_TOLERANCE
 MIN_TTL = 60
 ACCEPTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 MIN_RSA_BITS = 2048
@@ -340,18 +340,30 @@ def _same_key(private_key, cert: x509.Certificate) -> bool:
 
 # --- the CA -----------------------------------------------------------------------------------
 
+# With no permitted IP subtree, RFC 5280 leaves IP addresses unconstrained: exclude them all instead.
+_EVERY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
 def _name_constraints(allowed_domains, allowed_networks):
     permitted = [x509.DNSName(domain.strip().lower().strip(".")) for domain in allowed_domains]
     permitted += [x509.IPAddress(ipaddress.ip_network(net, strict=False)) for net in allowed_networks]
-    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None) if permitted else None
+    excluded = None if allowed_networks else [x509.IPAddress(net) for net in _EVERY_ADDRESS]
+    return x509.NameConstraints(permitted_subtrees=permitted or None, excluded_subtrees=excluded)
 
 
-def _constraint_names(cert: x509.Certificate) -> set[str]:
-    try:
-        value = cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
+def _constraint_names(constraints: x509.NameConstraints | None) -> set[str]:
+    """The subtrees, permitted ones by name and excluded ones as "not <name>"."""
+    if constraints is None:
         return set()
-    return {general_name_str(name) for name in value.permitted_subtrees or []}
+    return ({general_name_str(name) for name in constraints.permitted_subtrees or []}
+            | {f"not {general_name_str(name)}" for name in constraints.excluded_subtrees or []})
+
+
+def _cert_constraints(cert: x509.Certificate) -> x509.NameConstraints | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _ca_cert(subject, issuer, public_key, signing_key, start, end, path_length, constraints, issuer_ski):
@@ -488,8 +500,8 @@ def ensure_ca(ca_dir: str, *, root_passphrase: str, intermediate_passphrase: str
         for key_file in (ROOT_KEY, INTERMEDIATE_KEY):
             result["changed"] |= _fix_mode(paths[key_file], 0o600, check_mode)
 
-    wanted = {general_name_str(n) for n in constraints.permitted_subtrees} if constraints else set()
-    have = _constraint_names(root_cert)
+    wanted = _constraint_names(constraints)
+    have = _constraint_names(_cert_constraints(root_cert))
     if wanted != have:
         result["warnings"].append(
             f"the CA's name constraints ({', '.join(sorted(have)) or 'none'}) differ from allowed_domains and "

@@ -151,6 +151,9 @@ class OpenBao:
             return False, {}
         return True, dict(answer.get("data") or answer)
 
+    def delete(self, path: str) -> None:
+        self.request("DELETE", path, what=f"deleting {path}")
+
     def write(self, path: str, data: dict) -> dict:
         """OpenBao's answer to writing `data` at `path`: its `data`, or the whole answer of the
         calls that have none (sys/init, sys/unseal)."""

@@ -32,6 +32,11 @@ DEFAULT_RENEW_FRACTION = 1 / 3
 # A CA backdates and rounds; the request and the clocks differ a little. An issued certificate
 # that ends more than this before `asked_at + ttl` was shortened by the CA.
 TTL_TOLERANCE = datetime.timedelta(seconds=60)
+# How far a host's clock may run behind its CA's. OpenBao backdates a certificate's start by
+# 30 s, the built-in CA by this tolerance: a host up to this far behind treats a certificate
+# that starts in its future as fresh, instead of renewing it on every timer run. Beyond it the
+# host refuses the certificate and says that its clock is wrong: a renewal cannot fix a clock.
+CLOCK_SKEW_TOLERANCE = datetime.timedelta(minutes=5)
 METRIC_PREFIX = "sevenleague_certificate"
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -230,6 +235,13 @@ def renew_after(cert: x509.Certificate, renew_fraction: float = DEFAULT_RENEW_FR
     return start + (end - start) * (1 - renew_fraction)
 
 
+def clock_behind(start: datetime.datetime, now: datetime.datetime) -> str:
+    """What to say about a certificate that starts further in this host's future than the tolerance."""
+    return (f"not valid before {iso(start)}: this host's clock is {int((start - now).total_seconds())} s behind "
+            f"its CA's, more than the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew tolerance; "
+            f"a new certificate would start as late: fix the host's time sync (chronyc tracking)")
+
+
 def lifetime_decision(cert: x509.Certificate, now: datetime.datetime,
                       renew_fraction: float = DEFAULT_RENEW_FRACTION) -> tuple[bool, str]:
     """(renew?, reason) from the validity period alone."""
@@ -238,9 +250,13 @@ def lifetime_decision(cert: x509.Certificate, now: datetime.datetime,
     start, end = not_before(cert), not_after(cert)
     if now >= end:
         return True, f"expired at {iso(end)}"
+    if now < start - CLOCK_SKEW_TOLERANCE:
+        return True, clock_behind(start, now)
     if now < start:
-        # Issued "in the future": a clock moved back; a fresh certificate is valid now.
-        return True, f"not valid before {iso(start)} (clock skew?)"
+        # Issued moments ago by a CA whose clock runs a little ahead of this one: fresh.
+        return False, (f"valid: starts at {iso(start)}, {int((start - now).total_seconds())} s ahead of this "
+                       f"host's clock (within the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew "
+                       f"tolerance); renews after {iso(renew_after(cert, renew_fraction))}")
     left = (end - now) / (end - start)
     if left < renew_fraction:
         return True, (f"{int(left * 100)}% of the lifetime left "
@@ -368,7 +384,9 @@ def check_issued(cert_pem: bytes | str, *, public_key, wanted_sans: list[str], c
         raise PKIError(f"certificate {serial} is for {', '.join(have) or 'no names'} instead of {', '.join(want)}: "
                        f"{refuse}; check the CA role's names (use_csr_sans, allowed names)")
     now = datetime.datetime.now(UTC)
-    if not_before(cert) > now + TTL_TOLERANCE or not_after(cert) <= now:
+    if not_before(cert) > now + CLOCK_SKEW_TOLERANCE:
+        raise PKIError(f"certificate {serial} is {clock_behind(not_before(cert), now)}: {refuse}")
+    if not_after(cert) <= now:
         raise PKIError(f"certificate {serial} is not valid now (valid {iso(not_before(cert))} to "
                        f"{iso(not_after(cert))}; is a clock wrong?): {refuse}")
     if ttl and asked_at is not None:
@@ -466,7 +484,7 @@ def run_ansible_module(argument_spec: dict, run, *, required_if=None, warning_pr
 
 
 __all__ = [
-    "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
+    "CLOCK_SKEW_TOLERANCE", "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
     "cert_info", "chain_problem", "check_issued", "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
     "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
     "renewal_decision", "run_ansible_module", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",

@@ -10,9 +10,11 @@ the controller across the lab network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -137,3 +139,79 @@ def hosts(converged):
 def pytest_generate_tests(metafunc):
     if "lab_host" in metafunc.fixturenames:
         metafunc.parametrize("lab_host", sorted(LAB_HOSTS), ids=lambda h: h.split(".")[0])
+
+
+# What a host whose root is an attacker's would claim: another host's address and names, its own
+# choice of CA endpoint and networks. Keys a host's facts can carry; none may decide its certificate.
+HOSTILE_FACTS = {
+    "ansible_host": "10.213.7.22",
+    "inventory_hostname": "app2.sevenleague.test",
+    "pki_extra_sans": ["app2.sevenleague.test", "10.213.7.22", "*.sevenleague.test"],
+    "pki_allowed_networks": ["0.0.0.0/0"],
+    "pki_ttl": 31536000,
+    "pki_openbao_url": "https://10.213.7.22:8200",
+    "pki_openbao_mount": "pki",
+    "pki_openbao_role": "renew-app2.sevenleague.test",
+}
+
+# The tool's `request`, as a hostile host answers it: a CSR for the key the tool just made, but
+# naming app2 and its address, and a fake fact of who the host is.
+HOSTILE_TOOL = """#!/bin/sh
+if [ "$1" = request ]; then
+    touch /run/sevenleague-hostile-request
+    REAL "$@" > /dev/null || exit 1
+    csr=$(openssl req -new -key /etc/sevenleague/pki/pending/key.pem -subj /CN=app2.sevenleague.test \
+          -addext subjectAltName=DNS:app2.sevenleague.test,IP:10.213.7.22 | python3 -c \
+          'import json, sys; print(json.dumps({"csr": sys.stdin.read()}))')
+    printf '%s\n' "$csr"
+    exit 0
+fi
+exec REAL "$@"
+"""
+
+
+@contextlib.contextmanager
+def hostile(host, name: str):
+    """`name` as a compromised host: its cached facts (what the controller read from it) claim
+    HOSTILE_FACTS, and its certificate tool answers requests with a CSR for another host."""
+    cache = next((ROOT / ".cache" / "facts").glob(f"*_{name}"))
+    original = cache.read_text()
+    document = json.loads(original)
+    facts = json.loads(document["__payload__"])
+    facts.update(HOSTILE_FACTS)
+    facts.setdefault("ansible_local", {})["pki"] = {"sans": HOSTILE_FACTS["pki_extra_sans"]}
+    cache.write_text(json.dumps({**document, "__payload__": json.dumps(facts)}))
+    real = host.check_output("command -v sevenleague-pki")
+    assert real != "/usr/local/bin/sevenleague-pki", "a hostile tool is left over from an earlier run"
+    tool = HOSTILE_TOOL.replace("REAL", real)
+    installed = host.run(f"printf '%s' {shlex.quote(tool)} > /usr/local/bin/sevenleague-pki && "
+                         "chmod 0755 /usr/local/bin/sevenleague-pki")
+    assert installed.rc == 0, installed.stderr
+    host.run("rm -f /run/sevenleague-hostile-request")
+
+    def used() -> bool:
+        """Both lies reached the run: the cached facts were not gathered afresh, the tool answered."""
+        return ("pki_openbao_url" in cache.read_text()
+                and host.file("/run/sevenleague-hostile-request").exists)
+    try:
+        yield used
+    finally:
+        cache.write_text(original)
+        host.run("rm -f /usr/local/bin/sevenleague-pki /run/sevenleague-hostile-request")
+
+
+def certificate_names(host, directory: str = "/etc/sevenleague/pki/current") -> set[str]:
+    """The SANs of the host's current certificate, as openssl prints them."""
+    text = host.check_output(f"openssl x509 -in {directory}/cert.pem -noout -ext subjectAltName")
+    return {name.strip() for name in text.splitlines()[-1].split(",")}
+
+
+def assert_only_its_own_certificate(run: PlaybookRun, host, before: str, serial_now: str) -> None:
+    """After a forced renewal on a hostile app1: a new certificate, for app1's names alone, a day long."""
+    assert run.rc == 0, run.output[-3000:]
+    assert serial_now != before
+    assert certificate_names(host) == {"DNS:app1.sevenleague.test", "IP Address:10.213.7.21"}
+    days = host.check_output("openssl x509 -in /etc/sevenleague/pki/current/cert.pem -noout -startdate -enddate")
+    start, end = (line.split("=", 1)[1] for line in days.splitlines())
+    lifetime = int(host.check_output(f"echo $(( $(date -d '{end}' +%s) - $(date -d '{start}' +%s) ))"))
+    assert lifetime <= 86400 + 600, lifetime

@@ -58,6 +58,26 @@ def test_wrong_variable_type_fails_before_any_host_changes(converged, extra, mes
     assert all(r["ok"] == 0 and r["changed"] == 0 for r in run.recap.values()), run.recap
 
 
+def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path):
+    """The repository key is pinned on the controller at the first converge: another key (what a
+    repository host that lost its GnuPG home would publish) stops the run and changes nothing."""
+    pin = ROOT / "inventories" / "lab" / ".apt" / "sevenleague.fingerprint"
+    assert len(pin.read_text().strip()) == 40
+    app1 = hosts["app1.sevenleague.test"]
+    keyring_before = app1.file("/etc/apt/keyrings/sevenleague.asc").content_string
+    stranger = app1.run("export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key "
+                        "stranger ed25519 sign 0 2>/dev/null && gpg --armor --export stranger && rm -rf $GNUPGHOME")
+    assert stranger.rc == 0, stranger.stderr
+    extra = tmp_path / "stranger.json"
+    extra.write_text(json.dumps({"apt_client_key": stranger.stdout}))
+    run = ansible_playbook("playbooks/baseline.yml", "--limit", "app1.sevenleague.test", "--tags", "apt_client",
+                           "-e", f"@{extra}", log="baseline-new-repo-key.log")
+    assert run.rc != 0
+    assert "The internal repository's key changed" in run.output and pin.read_text().strip() in run.output
+    assert run.recap["app1.sevenleague.test"]["changed"] == 0
+    assert app1.file("/etc/apt/keyrings/sevenleague.asc").content_string == keyring_before
+
+
 def test_no_unit_failed(hosts, lab_host):
     failed = hosts[lab_host].check_output("systemctl list-units --failed --plain --no-legend")
     assert failed == ""

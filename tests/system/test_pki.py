@@ -6,11 +6,14 @@ rolls it over, and comes back.
 """
 
 import json
+import shutil
 import subprocess
 import time
 
 import pytest
-from conftest import LAB_HOSTS, ROOT, ansible_playbook
+import yaml
+from conftest import (LAB_HOSTS, ROOT, ansible_playbook, assert_only_its_own_certificate, certificate_names,
+                      hostile)
 
 CURRENT = "/etc/sevenleague/pki/current"
 CONFIG = "/etc/sevenleague/certificates/host.json"
@@ -103,6 +106,27 @@ def test_a_refused_issuance_leaves_the_host_as_it_was(hosts):
     assert not host.file("/etc/sevenleague/pki/pending").exists
 
 
+def test_a_hostile_host_gets_no_certificate_for_another_hosts_names(hosts):
+    """app1's facts claim app2's address, names, a year's TTL and another OpenBao; its tool hands in
+    a CSR for app2. The controller asks the real OpenBao for app1's inventory names, sees the CSR
+    name another host and refuses it: app1 keeps its own certificate, nothing for app2 exists."""
+    host = hosts["app1.sevenleague.test"]
+    before = serial(host)
+    with hostile(host, "app1.sevenleague.test") as used:
+        run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e", json.dumps(FORCE),
+                               log="pki-hostile-openbao.log")
+        assert used()
+    assert run.rc != 0
+    assert "the CSR's CN 'app2.sevenleague.test' differs from common_name 'app1.sevenleague.test'" in run.output
+    assert "10.213.7.22:8200" not in run.output
+    assert serial(host) == before
+    assert certificate_names(host) == {"DNS:app1.sevenleague.test", "IP Address:10.213.7.21"}
+    # The honest tool again: a renewal works as before.
+    again = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e", json.dumps(FORCE),
+                             log="pki-after-hostile.log")
+    assert_only_its_own_certificate(again, host, before, serial(host))
+
+
 @pytest.fixture(scope="module")
 def rotation(hosts):
     before = {name: serial(host) for name, host in hosts.items()}
@@ -186,3 +210,54 @@ def test_openbao_serves_its_renewed_listener_certificate(left_alone, hosts, open
                             f" </dev/null 2>/dev/null | openssl x509 -noout -serial", shell=True,
                             capture_output=True, text=True)
     assert served.stdout.strip().split("=")[1].lower() == now
+
+
+def root_token() -> str:
+    """The lab's root token, from the openbao role's encrypted file (as an operator reads it)."""
+    secrets = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file",
+         str(ROOT / ".lab" / "openbao-passphrase"), str(ROOT / "inventories" / "lab" / ".openbao" / "init.vault")],
+        capture_output=True, text=True, check=True).stdout
+    return yaml.safe_load(secrets)["root_token"]
+
+
+def renewal_roles() -> list[str]:
+    listing = subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {root_token()}",
+                              f"{OPENBAO}/v1/pki_int/roles?list=true"], capture_output=True, text=True, check=True)
+    return json.loads(listing.stdout)["data"]["keys"]
+
+
+@pytest.fixture
+def without_app2():
+    """The lab inventory after app2 left it: a copy beside it, with its group_vars and its state."""
+    inventory = ROOT / "inventories" / "lab-without-app2"
+    shutil.rmtree(inventory, ignore_errors=True)
+    inventory.mkdir()
+    (inventory / "group_vars").symlink_to("../lab/group_vars")
+    hosts_yml = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
+    del hosts_yml["all"]["children"]["apps"]["hosts"]["app2.sevenleague.test"]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts_yml))
+    yield inventory
+    shutil.rmtree(inventory)
+
+
+def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2):
+    """app2 leaves the inventory and the CA converges: its still valid certificate no longer logs
+    in and its renewal role is gone. Back in the inventory, it renews again."""
+    app2 = hosts["app2.sevenleague.test"]
+    renew = "sevenleague-pki renew --force --config " + CONFIG
+    assert "renew-app2.sevenleague.test" in renewal_roles()
+    left = ansible_playbook("playbooks/openbao.yml", "-i", str(without_app2), "--tags", "openbao_init,openbao_pki",
+                            env={"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab")},
+                            log="openbao-without-app2.log")
+    assert left.rc == 0, left.output[-3000:]
+    assert "renew-app2.sevenleague.test" not in renewal_roles()
+    before = serial(app2)
+    refused = app2.run(renew)
+    assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
+    assert serial(app2) == before
+    back = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init,openbao_pki", log="openbao-app2-back.log")
+    assert back.rc == 0, back.output[-3000:]
+    renewed = app2.run(renew)
+    assert renewed.rc == 0, renewed.stdout + renewed.stderr
+    assert serial(app2) != before

@@ -7,7 +7,7 @@ Runs after test_pki.py (file order), on the lab that converged on OpenBao.
 import json
 
 import pytest
-from conftest import ROOT, ansible_playbook
+from conftest import ROOT, ansible_playbook, certificate_names, hostile
 from test_pki import CA_DIR, CURRENT, SERVER_CA, serial, verify
 
 OPENBAO_ROOT = ROOT / "inventories" / "lab" / ".openbao" / "root.crt"
@@ -49,6 +49,23 @@ def test_every_host_holds_a_builtin_certificate_and_no_timer(on_builtin, hosts, 
     assert not host.file("/etc/systemd/system/sevenleague-pki-renew-host.timer").exists
     bundle = host.file(f"{CURRENT}/ca.pem").content_string
     assert bundle.count("BEGIN CERTIFICATE") == 2 and OPENBAO_ROOT.read_text().strip() in bundle
+
+
+def test_a_hostile_host_gets_no_certificate_for_another_hosts_names_from_the_builtin_ca(on_builtin, hosts):
+    """The same lies as on OpenBao (test_pki.py): the controller's CA compares the CSR with app1's
+    inventory names, refuses it, and app1 keeps its certificate."""
+    host = hosts["app1.sevenleague.test"]
+    before = serial(host)
+    with hostile(host, "app1.sevenleague.test") as used:
+        run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e",
+                               json.dumps({"pki_force_renew": True, "pki_extra_trust_files": [str(OPENBAO_ROOT)]}),
+                               env=BUILTIN, log="pki-hostile-builtin.log")
+        assert used()
+    assert run.rc != 0
+    assert ("the CSR's SANs (10.213.7.22, app2.sevenleague.test) differ from sans "
+            "(10.213.7.21, app1.sevenleague.test)") in run.output
+    assert serial(host) == before
+    assert certificate_names(host) == {"DNS:app1.sevenleague.test", "IP Address:10.213.7.21"}
 
 
 @pytest.fixture(scope="module")

@@ -102,3 +102,14 @@ def test_an_operation_that_cannot_be_read_is_written_when_asked(client):
     csr = write(client, "pki_op/intermediate/generate/internal", {"common_name": "int", "key_type": "ec"},
                 state="write")
     assert csr["changed"] and "CERTIFICATE REQUEST" in csr["response"]["csr"]
+
+
+def test_a_role_is_deleted_once_and_a_list_reads_what_is_left(client):
+    write(client, "sys/mounts/pki-retire", {"type": "pki"}, state="once")
+    for name in ("renew-a", "renew-b"):
+        write(client, f"pki-retire/roles/{name}", {"allowed_domains": ["a.test"]})
+    assert write(client, "pki-retire/roles?list=true", state="read")["current"]["keys"] == ["renew-a", "renew-b"]
+    assert write(client, "pki-retire/roles/renew-b", state="absent", check_mode=True)["changed"]
+    assert write(client, "pki-retire/roles/renew-b", state="absent")["changed"]
+    assert not write(client, "pki-retire/roles/renew-b", state="absent")["changed"]
+    assert write(client, "pki-retire/roles?list=true", state="read")["current"]["keys"] == ["renew-a"]

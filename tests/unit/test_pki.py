@@ -49,6 +49,25 @@ def sign(ca, csr, sans, ttl=DAY, **kwargs):
     return mod.sign_csr(ca, csr, sans, ttl, **{**options, **kwargs})
 
 
+def forge(ca, names):
+    """A leaf for `names` made with the intermediate's own key, past every check of sign_csr:
+    what a stolen intermediate key could make. Only the name constraints can refuse it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(UTC)
+    return (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0].value
+                                                        if isinstance(names[0], x509.DNSName) else "x")]))
+            .issuer_name(ca.intermediate_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.intermediate_cert.public_key()),
+                           critical=False)
+            .sign(ca.intermediate_key, hashes.SHA256()))
+
+
 def load(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
@@ -113,11 +132,30 @@ def test_ca_certificates_have_the_promised_keys_limits_and_name_constraints(ca):
     assert pki.not_after(intermediate) - pki.not_before(intermediate) < datetime.timedelta(days=366)
 
 
-def test_ca_without_allowed_names_has_no_name_constraints(tmp_path):
+def test_ca_without_allowed_networks_excludes_every_ip_address(tmp_path):
+    """No permitted IP subtree would leave addresses unconstrained (RFC 5280): all are excluded instead,
+    so even the CA's own key cannot make a certificate for an address that verifies."""
+    mod.ensure_ca(str(tmp_path / "ca"), root_passphrase=PASSPHRASE, allowed_domains=[DOMAIN])
+    ca = mod.load_ca(str(tmp_path / "ca"))
+    for cert in (ca.root_cert, ca.intermediate_cert):
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        assert set(constraints.permitted_subtrees) == {x509.DNSName(DOMAIN)}
+        assert set(constraints.excluded_subtrees) == {x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+                                                      x509.IPAddress(ipaddress.ip_network("::/0"))}
+    forged = forge(ca, [x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address(HOST_IP))])
+    verifier = PolicyBuilder().store(Store([ca.root_cert])).build_server_verifier(x509.DNSName(HOST))
+    with pytest.raises(VerificationError, match="(?i)name constraint|excluded|not permitted"):
+        verifier.verify(forged, [ca.intermediate_cert])
+    # And the CA refuses to sign one in the first place.
+    with pytest.raises(mod.PKIError, match="IP SAN"):
+        sign(ca, make_csr([HOST, HOST_IP]), [HOST, HOST_IP], allowed_networks=[])
+
+
+def test_ca_without_any_allowed_name_constrains_addresses_only(tmp_path):
     mod.ensure_ca(str(tmp_path / "ca"), root_passphrase=PASSPHRASE)
     root = mod.load_ca(str(tmp_path / "ca")).root_cert
-    with pytest.raises(x509.ExtensionNotFound):
-        root.extensions.get_extension_for_class(x509.NameConstraints)
+    constraints = root.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert constraints.permitted_subtrees is None and len(constraints.excluded_subtrees) == 2
 
 
 def test_existing_ca_is_left_untouched(ca_dir):
@@ -204,26 +242,13 @@ def test_issued_certificate_verifies_for_its_dns_name_and_ip(ca, issued):
 
 def test_a_name_the_root_does_not_permit_fails_verification(ca):
     """Name constraints hold even against the CA's own key: what a stolen intermediate key could make."""
-    def forge(name):
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(ca.intermediate_cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=1))
-                .not_valid_after(now + datetime.timedelta(hours=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.intermediate_cert.public_key()),
-                               critical=False)
-                .sign(ca.intermediate_key, hashes.SHA256()))
+    def forge_and_verify(name):
         verifier = PolicyBuilder().store(Store([ca.root_cert])).build_server_verifier(x509.DNSName(name))
-        return verifier.verify(cert, [ca.intermediate_cert])
+        return verifier.verify(forge(ca, [x509.DNSName(name)]), [ca.intermediate_cert])
 
-    assert forge(HOST)  # the same forgery for a permitted name verifies: the constraint is what refuses
+    assert forge_and_verify(HOST)  # the same forgery for a permitted name verifies: the constraint is what refuses
     with pytest.raises(VerificationError, match="(?i)name constraint|no permitted|not permitted"):
-        forge("evil.example.com")
+        forge_and_verify("evil.example.com")
 
 
 def test_issued_certificate_carries_the_promised_fields(ca):
@@ -396,10 +421,29 @@ def test_an_expired_certificate_is_renewed(issued):
         (True, f"expired at {pki.iso(pki.not_after(cert))}")
 
 
-def test_a_certificate_from_the_future_is_renewed(issued):
+def test_a_clock_further_behind_than_the_tolerance_is_named_as_the_cause(issued):
     now = pki.not_before(load(issued["certificate"])) - datetime.timedelta(hours=1)
     renew, reason = decide(issued["certificate"], now)
     assert renew and reason.startswith("not valid before")
+    assert "this host's clock is 3600 s behind its CA's, more than the 300 s clock-skew tolerance" in reason
+
+
+@pytest.mark.parametrize("behind", [1, 31, 299])
+def test_a_clock_behind_within_the_tolerance_does_not_renew_a_fresh_certificate(issued, behind):
+    """OpenBao backdates by 30 s: a host whose clock lags more than that must not renew on every run."""
+    now = pki.not_before(load(issued["certificate"])) - datetime.timedelta(seconds=behind)
+    renew, reason = decide(issued["certificate"], now, issuer=issued["chain"])
+    assert not renew, reason
+    assert f"{behind} s ahead of this host's clock (within the 300 s clock-skew tolerance)" in reason
+
+
+def test_an_issued_certificate_too_far_in_the_future_is_refused_with_the_clock_named(ca):
+    key = ec.generate_private_key(ec.SECP256R1())
+    future = datetime.datetime.now(UTC) + datetime.timedelta(minutes=20)
+    result = sign(ca, make_csr([HOST], key), [HOST], now=future)
+    with pytest.raises(pki.PKIError, match="this host's clock is .* behind its CA's.*fix the host's time sync"):
+        pki.check_issued(result["certificate"], public_key=key.public_key(), wanted_sans=[HOST],
+                         chain_pem=result["chain"], trust_pem=pki.split_pem(result["chain"])[-1])
 
 
 def test_changed_sans_mean_renew_and_are_named(issued):

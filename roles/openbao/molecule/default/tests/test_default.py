@@ -202,3 +202,42 @@ def test_a_failed_renewal_keeps_the_certificate_and_says_why(client):
     assert run.rc == 1
     assert "127.0.0.1:9" in run.stderr
     assert client.file(CURRENT).linked_to == before
+
+
+def test_a_host_gets_only_its_own_names_and_address_from_its_renewal_role(ca, client):
+    """What a host with root can ask with its own login: another host's name, an address that is
+    not its own, a wildcard. OpenBao refuses each; only the host's own names pass."""
+    url = f"https://{ca_address(ca)}:8200"
+    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    assert status == 200, login
+    token = login["auth"]["client_token"]
+    own = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -subject -nameopt multiline"
+                              " | sed -n 's/^ *commonName *= *//p'")
+    csr = client.check_output("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                              "-keyout /dev/null -subj /CN=ignored 2>/dev/null")
+
+    def sign(**names):
+        return request(client, f"{url}/v1/pki_int/sign/renew-{own}", token=token,
+                       body=json.dumps({"csr": csr, "ttl": "600", **names}))
+
+    status, answer = sign(common_name=own)
+    assert status == 200, answer
+    for names in ({"common_name": CA}, {"common_name": own, "alt_names": CA},
+                  {"common_name": own, "ip_sans": "10.99.99.99"}, {"common_name": "*.molecule.test"}):
+        status, answer = sign(**names)
+        assert status == 400 and "not allowed" in json.dumps(answer), (names, answer)
+
+
+def test_every_request_lands_in_the_audit_log_with_its_secrets_hashed(ca, client):
+    url = f"https://{ca_address(ca)}:8200"
+    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    assert status == 200, login
+    log = ca.file("/var/log/openbao/audit.log")
+    assert log.user == "openbao" and log.mode == 0o640
+    entries = [json.loads(line) for line in log.content_string.splitlines() if line.strip()]
+    logins = [e for e in entries if e["type"] == "response" and e["request"]["path"] == "auth/cert/login"]
+    assert logins, "no login in the audit log"
+    token = login["auth"]["client_token"]
+    assert all(token not in json.dumps(e) for e in entries), "a token in clear in the audit log"
+    assert logins[-1]["auth"]["client_token"].startswith("hmac-sha256:")
+    assert ca.file("/etc/logrotate.d/openbao-audit").contains("/var/log/openbao/audit.log")
