@@ -48,6 +48,8 @@ FACT_CACHE = ROOT / ".cache" / "facts"
 # keys; a real site keeps both in ansible-vault.
 CA_PASSPHRASE = STATE / "ca-passphrase"
 OPENBAO_PASSPHRASE = STATE / "openbao-passphrase"
+# The lab's three holders of OpenBao's unseal key shares (any two unseal).
+UNSEAL_HOLDERS = ("ops-a", "ops-b", "ops-c")
 # The openbao role's encrypted unseal keys: they belong to the containers'
 # OpenBao, so they go with the containers.
 OPENBAO_SECRETS = INVENTORY / ".openbao"
@@ -261,6 +263,8 @@ def up(cfg: dict) -> None:
     ensure_ssh_key()
     ensure_passphrase(CA_PASSPHRASE, "CA")
     ensure_passphrase(OPENBAO_PASSPHRASE, "OpenBao")
+    for holder in UNSEAL_HOLDERS:
+        ensure_passphrase(STATE / f"unseal-{holder}-passphrase", f"unseal holder {holder}")
     ensure_network(cfg)
     pubkey = SSH_KEY.with_suffix(".pub").read_text()
     for host, addr in cfg["hosts"].items():

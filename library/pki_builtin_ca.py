@@ -9,11 +9,17 @@ short_description: Keep a two-level internal CA on the controller and sign hosts
 description:
   - "The built-in CA backend of sevenleague's PKI. Runs on the controller (C(delegate_to: localhost));
     hosts generate their own keys and only their CSRs travel here."
-  - C(state=ca) makes sure a root CA (ECDSA P-384, key encrypted at rest) and an intermediate CA
-    (ECDSA P-256) exist in O(ca_dir). An existing, consistent CA is never changed; nothing is
-    regenerated automatically (rollover is a playbook of its own), but RV(intermediate_renew_needed)
-    says when the intermediate has less than a third of its lifetime left. Only the derived
-    C(chain.pem) and the file modes are repaired.
+  - C(state=ca) makes sure a root CA (ECDSA P-384) and an intermediate CA (ECDSA P-256) exist in
+    O(ca_dir). An existing, consistent CA is never replaced; nothing is regenerated automatically
+    (rollover is a playbook of its own), but RV(intermediate_renew_needed) says when the intermediate
+    has less than a third of its lifetime left. Only the derived C(chain.pem), the file modes and the
+    keys' encryption (see below) are repaired.
+  - "Both keys are encrypted at rest: PKCS#8 PEM (C(ENCRYPTED PRIVATE KEY)) with PBES2,
+    PBKDF2-HMAC-SHA256 at 600000 iterations (OWASP 2023) and AES-256-CBC, which
+    C(openssl pkey -in root.key) also reads. With O(state=ca), a key that is unencrypted or encrypted
+    with a weaker KDF (the 2048 iterations of earlier versions) is re-encrypted in place with the
+    given passphrase: the new file replaces the old only after it decrypted to the same key. The
+    certificates stay as they are; RV(rekeyed) names the keys."
   - C(state=signed) signs O(csr) with the intermediate for exactly O(sans), for O(ttl) seconds.
     It refuses a CSR whose signature does not verify, a CSR that asks for other SANs than O(sans),
     a SAN outside O(allowed_domains)/O(allowed_networks), a O(ttl) above O(max_ttl), and a key
@@ -48,8 +54,9 @@ options:
     type: str
   intermediate_passphrase:
     description:
-      - Passphrase for the intermediate CA key. Without it the key is stored unencrypted (mode 0600),
-        so that signing needs no root secret.
+      - Passphrase that encrypts the intermediate CA key at rest. Required with O(state=ca), and with
+        O(state=signed) to decrypt the key. May differ from O(root_passphrase), so that signing needs no
+        root secret.
     type: str
   root_lifetime_days:
     description:
@@ -118,6 +125,7 @@ EXAMPLES = r"""
     state: ca
     ca_dir: "{{ pki_builtin_ca_dir }}"
     root_passphrase: "{{ vault_pki_root_passphrase }}"
+    intermediate_passphrase: "{{ vault_pki_intermediate_passphrase }}"
     allowed_domains: [sevenleague.test]
     allowed_networks: [10.213.7.0/24]
   delegate_to: localhost
@@ -127,6 +135,7 @@ EXAMPLES = r"""
   pki_builtin_ca:
     state: signed
     ca_dir: "{{ pki_builtin_ca_dir }}"
+    intermediate_passphrase: "{{ vault_pki_intermediate_passphrase }}"
     csr: "{{ __pki_csr.csr }}"
     sans: "{{ pki_sans }}"
     ttl: 86400
@@ -153,6 +162,13 @@ intermediate:
   description: Facts about the intermediate CA certificate (as RV(info)).
   returned: state is ca and the CA exists
   type: dict
+rekeyed:
+  description:
+    - The key files re-encrypted with today's KDF by this run (in check mode, those that would be).
+  returned: state is ca
+  type: list
+  elements: str
+  sample: [root.key, intermediate.key]
 intermediate_renew_needed:
   description: Whether the intermediate has less than a third of its lifetime left (or expired).
   returned: state is ca
@@ -208,6 +224,7 @@ info:
       type: str
 """
 
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -230,8 +247,10 @@ except ImportError:  # pytest imports this file directly, where Ansible's module
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes, padding, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 UTC = datetime.timezone.utc
@@ -248,6 +267,25 @@ MIN_TTL = 60
 ACCEPTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 MIN_RSA_BITS = 2048
 
+# The CA keys at rest: PKCS#8 EncryptedPrivateKeyInfo (RFC 5958) with PBES2 (RFC 8018),
+# PBKDF2-HMAC-SHA256 and AES-256-CBC, which cryptography and `openssl pkey` read.
+# 600 000 iterations is OWASP's recommendation for PBKDF2-HMAC-SHA256 (Password Storage Cheat Sheet,
+# 2023); one derivation takes about 0.08 s on a 2-core VM, paid once per key and module run.
+# cryptography's BestAvailableEncryption fixes 2048 iterations and has no knob for PKCS#8, hence the
+# few lines of DER below. scrypt would resist GPUs better, but OpenSSL 3 caps scrypt at 32 MiB, too
+# little for a worthwhile N, so an operator could not open the key by hand.
+KDF_ITERATIONS = 600_000
+KDF_SALT_BYTES = 16
+_MIN_SALT_BYTES = 8  # RFC 8018's minimum, what `openssl pkcs8 -topk8` writes: such a key is not rewritten
+_AES_BLOCK_BYTES = 16
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+_OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+_OID_HMAC_SHA256 = "1.2.840.113549.2.9"
+# A PRF at least as strong as the one written; a key made with one of these by hand is not rewritten.
+_STRONG_PRFS = (_OID_HMAC_SHA256, "1.2.840.113549.2.10", "1.2.840.113549.2.11")  # SHA-256, -384, -512
+_PEM_ENCRYPTED_KEY = "ENCRYPTED PRIVATE KEY"
+
 
 @dataclasses.dataclass
 class CA:
@@ -261,11 +299,12 @@ class CA:
 
 # --- files ------------------------------------------------------------------------------------
 
-def write_atomic(path: str, data: bytes, mode: int) -> None:
+def write_atomic(path: str, data: bytes, mode: int, verify=None) -> None:
     """Replace `path` with `data` in one step; the file never exists with looser permissions.
 
     Not module.atomic_move: it gives a new file the umask's default mode after the rename, which
-    would leave a fresh private key group/world-readable until a later chmod.
+    would leave a fresh private key group/world-readable until a later chmod. `verify`, if given, is
+    called with the written temporary file's path before the rename; if it raises, `path` stays as it was.
     """
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
@@ -275,6 +314,8 @@ def write_atomic(path: str, data: bytes, mode: int) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -318,19 +359,134 @@ def _load_cert_file(path: str, what: str) -> x509.Certificate:
         raise PKIError(f"{what} certificate in {path} is not a PEM certificate: {exc}") from None
 
 
-def _load_key_file(path: str, passphrase: str | None, what: str, option: str):
+def _load_key_file(path: str, passphrase: str | None, what: str, option: str, plain_ok: bool = False):
+    """The key in `path`; an unencrypted one only with `plain_ok` (state=ca, which then encrypts it)."""
     data = _read(path)
     encrypted = b"ENCRYPTED" in data  # PKCS#8 "ENCRYPTED PRIVATE KEY" and legacy "Proc-Type: 4,ENCRYPTED"
     if encrypted and not passphrase:
         raise PKIError(f"{what} key in {path} is encrypted: give its passphrase ({option})")
-    if not encrypted and passphrase:
-        raise PKIError(f"{what} key in {path} is not encrypted, yet {option} is set")
+    if not encrypted and not plain_ok:
+        raise PKIError(f"{what} key in {path} is not encrypted: run state=ca with {option}, which encrypts it")
     try:
-        return serialization.load_pem_private_key(data, password=passphrase.encode() if passphrase else None)
+        return serialization.load_pem_private_key(data, password=passphrase.encode() if encrypted else None)
     except (ValueError, TypeError) as exc:
         if encrypted:
             raise PKIError(f"{what} key in {path} cannot be decrypted with the given passphrase") from None
         raise PKIError(f"{what} key in {path} is not a PEM private key: {exc}") from None
+
+
+# --- keys at rest ----------------------------------------------------------------------------
+
+def _der(tag: int, content: bytes) -> bytes:
+    if len(content) < 0x80:
+        return bytes([tag, len(content)]) + content
+    size = len(content).to_bytes((len(content).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # non-negative: sign bit clear
+
+
+def _der_oid(dotted: str) -> bytes:
+    first, second, *rest = (int(arc) for arc in dotted.split("."))
+    body = b""
+    for arc in (40 * first + second, *rest):
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | arc & 0x7F)
+        body += bytes(reversed(chunk))
+    return _der(0x06, body)
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) pairs of the DER elements in `data`, one level deep."""
+    items, pos = [], 0
+    while pos < len(data):
+        tag, length = data[pos], data[pos + 1]
+        pos += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+        if pos + length > len(data):
+            raise ValueError("truncated DER")
+        items.append((tag, data[pos:pos + length]))
+        pos += length
+    return items
+
+
+def _pem_body(data: bytes, label: str) -> bytes:
+    text = data.decode("ascii")
+    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
+    if begin not in text or end not in text:
+        raise ValueError(f"no {label} PEM block")
+    return base64.b64decode("".join(text.split(begin, 1)[1].split(end, 1)[0].split()), validate=True)
+
+
+def _key_pem(key, passphrase: str) -> bytes:
+    """`key` as PKCS#8 PEM, encrypted with PBES2: PBKDF2-HMAC-SHA256 (KDF_ITERATIONS) and AES-256-CBC."""
+    if not passphrase:
+        raise PKIError("a CA key is never written unencrypted: its passphrase is empty")
+    salt, iv = os.urandom(KDF_SALT_BYTES), os.urandom(_AES_BLOCK_BYTES)
+    secret = PBKDF2HMAC(hashes.SHA256(), 32, salt, KDF_ITERATIONS).derive(passphrase.encode())
+    padder = padding.PKCS7(8 * _AES_BLOCK_BYTES).padder()
+    plain = padder.update(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption())) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(secret), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(plain) + encryptor.finalize()
+    kdf = _der(0x30, _der_oid(_OID_PBKDF2) + _der(0x30, _der(0x04, salt) + _der_int(KDF_ITERATIONS)
+                                                   + _der(0x30, _der_oid(_OID_HMAC_SHA256) + b"\x05\x00")))
+    scheme = _der(0x30, _der_oid(_OID_AES256_CBC) + _der(0x04, iv))
+    algorithm = _der(0x30, _der_oid(_OID_PBES2) + _der(0x30, kdf + scheme))
+    body = base64.b64encode(_der(0x30, algorithm + _der(0x04, sealed))).decode()
+    lines = [body[start:start + 64] for start in range(0, len(body), 64)]
+    return "\n".join([f"-----BEGIN {_PEM_ENCRYPTED_KEY}-----", *lines, f"-----END {_PEM_ENCRYPTED_KEY}-----",
+                      ""]).encode()
+
+
+def _kdf_is_current(data: bytes) -> bool:
+    """Whether the PEM key `data` is encrypted at least as strongly as _key_pem encrypts.
+
+    PBES2 with PBKDF2 (a SHA-2 PRF, at least KDF_ITERATIONS, a salt of at least 8 bytes)
+    and AES-256-CBC. Anything else (unencrypted, 2048 iterations, legacy PEM encryption) is not.
+    """
+    try:
+        ((_, info),) = _der_items(_pem_body(data, _PEM_ENCRYPTED_KEY))
+        algorithm, _ = _der_items(info)
+        pbes2, params = _der_items(algorithm[1])
+        kdf, scheme = _der_items(params[1])
+        kdf_oid, kdf_params = _der_items(kdf[1])
+        salt, iterations, *optional = _der_items(kdf_params[1])
+        scheme_oid = _der_items(scheme[1])[0]
+        # The PRF is last; absent, it is HMAC-SHA1.
+        prf_oid = _der_items(optional[-1][1])[0] if optional and optional[-1][0] == 0x30 else None
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return False
+    return (_der(*pbes2) == _der_oid(_OID_PBES2) and _der(*kdf_oid) == _der_oid(_OID_PBKDF2)
+            and _der(*scheme_oid) == _der_oid(_OID_AES256_CBC)
+            and salt[0] == 0x04 and len(salt[1]) >= _MIN_SALT_BYTES
+            and iterations[0] == 0x02 and int.from_bytes(iterations[1], "big") >= KDF_ITERATIONS
+            and prf_oid is not None and any(_der(*prf_oid) == _der_oid(oid) for oid in _STRONG_PRFS))
+
+
+def _rekey(path: str, key, passphrase: str) -> None:
+    """Re-encrypt the key in `path` with _key_pem; the file switches only once the new one proves right."""
+    der = serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    expected = key.private_bytes(*der)
+
+    def verify(tmp: str) -> None:
+        written = _read(tmp)
+        try:
+            again = serialization.load_pem_private_key(written, password=passphrase.encode())
+        except (ValueError, TypeError):
+            again = None
+        if again is None or again.private_bytes(*der) != expected or not _kdf_is_current(written):
+            raise PKIError(f"re-encrypting {path} failed: the new file did not decrypt to the same key; "
+                           f"the old file is unchanged")
+
+    write_atomic(path, _key_pem(key, passphrase), 0o600, verify=verify)
 
 
 def _same_key(private_key, cert: x509.Certificate) -> bool:
@@ -392,12 +548,6 @@ def _hash_for(key):
     return hashes.SHA256()
 
 
-def _key_pem(key, passphrase: str | None) -> bytes:
-    encryption = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
-                  else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-
-
 def _create_ca(paths, name, root_passphrase, intermediate_passphrase, constraints, root_days,
                intermediate_days, now) -> None:
     start = now - CLOCK_SKEW
@@ -439,19 +589,21 @@ def _paths(ca_dir: str) -> dict[str, str]:
     return {name: os.path.join(ca_dir, name) for name in (*CA_FILES, CHAIN)}
 
 
-def ensure_ca(ca_dir: str, *, root_passphrase: str, intermediate_passphrase: str | None = None,
+def ensure_ca(ca_dir: str, *, root_passphrase: str, intermediate_passphrase: str,
               name: str = "sevenleague", allowed_domains=(), allowed_networks=(), root_days: int = 3650,
               intermediate_days: int = 365, now: datetime.datetime | None = None,
               check_mode: bool = False) -> dict:
     """Make sure a consistent root + intermediate CA exists in `ca_dir`; never replace one."""
     if not root_passphrase:
         raise PKIError("root_passphrase is empty: the root CA key is always encrypted at rest")
+    if not intermediate_passphrase:
+        raise PKIError("intermediate_passphrase is empty: the intermediate CA key is always encrypted at rest")
     if root_days < 1 or intermediate_days < 1:
         raise PKIError("root_lifetime_days and intermediate_lifetime_days must be at least 1")
     now = now or datetime.datetime.now(UTC)
     constraints = _name_constraints(allowed_domains, allowed_networks)
     paths = _paths(ca_dir)
-    result = {"changed": False, "created": False, "warnings": []}
+    result = {"changed": False, "created": False, "rekeyed": [], "warnings": []}
 
     if not os.path.isdir(ca_dir):
         if check_mode:
@@ -479,15 +631,24 @@ def ensure_ca(ca_dir: str, *, root_passphrase: str, intermediate_passphrase: str
         root_cert = _load_cert_file(paths[ROOT_CERT], "root CA")
         intermediate_cert = _load_cert_file(paths[INTERMEDIATE_CERT], "intermediate CA")
         # Decrypting both keys proves the passphrases and that the files on disk belong together.
-        root_key = _load_key_file(paths[ROOT_KEY], root_passphrase, "root CA", "root_passphrase")
+        # An unencrypted key (the intermediate's, before it had a passphrase) is encrypted below.
+        root_key = _load_key_file(paths[ROOT_KEY], root_passphrase, "root CA", "root_passphrase", plain_ok=True)
         intermediate_key = _load_key_file(paths[INTERMEDIATE_KEY], intermediate_passphrase, "intermediate CA",
-                                          "intermediate_passphrase")
+                                          "intermediate_passphrase", plain_ok=True)
         if not _same_key(root_key, root_cert):
             raise PKIError(f"root CA key in {paths[ROOT_KEY]} does not belong to {paths[ROOT_CERT]}")
         if not _same_key(intermediate_key, intermediate_cert):
             raise PKIError(f"intermediate CA key in {paths[INTERMEDIATE_KEY]} does not belong to "
                            f"{paths[INTERMEDIATE_CERT]}")
         _validate(paths, root_cert, intermediate_cert, now)
+
+        for key_file, key, passphrase in ((ROOT_KEY, root_key, root_passphrase),
+                                          (INTERMEDIATE_KEY, intermediate_key, intermediate_passphrase)):
+            if not _kdf_is_current(_read(paths[key_file])):
+                if not check_mode:
+                    _rekey(paths[key_file], key, passphrase)
+                result["rekeyed"].append(key_file)
+                result["changed"] = True
 
         ca = CA(root_cert, intermediate_cert)
         chain = ca.pem(intermediate_cert) + ca.pem(root_cert)
@@ -661,7 +822,8 @@ ARGUMENT_SPEC = {
     "max_ttl": {"type": "int", "default": 604800},
     "name": {"type": "str", "default": "host"},
 }
-REQUIRED_IF = [("state", "ca", ["root_passphrase"]), ("state", "signed", ["csr", "sans"])]
+REQUIRED_IF = [("state", "ca", ["root_passphrase", "intermediate_passphrase"]),
+               ("state", "signed", ["csr", "sans"])]
 
 
 def run(params: dict, check_mode: bool) -> dict:

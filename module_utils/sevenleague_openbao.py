@@ -155,13 +155,16 @@ class OpenBao:
         self.request("DELETE", path, what=f"deleting {path}")
 
     def write(self, path: str, data: dict) -> dict:
-        """OpenBao's answer to writing `data` at `path`: its `data`, or the whole answer of the
-        calls that have none (sys/init, sys/unseal)."""
+        """OpenBao's answer to writing `data` at `path`: its `data`; {"auth": ...} for the calls
+        that answer with a token instead (auth/token/create); the whole answer of the calls that
+        have neither (sys/init, sys/unseal)."""
         answer = self.request("POST", path, what=f"writing {path}", body=data)
         if not isinstance(answer, dict):
             return {}
+        if isinstance(answer.get("data"), dict):
+            return dict(answer["data"])
         if "data" in answer:
-            return dict(answer["data"] or {})
+            return {"auth": dict(answer["auth"])} if isinstance(answer.get("auth"), dict) else {}
         return dict(answer)
 
 

@@ -212,17 +212,18 @@ def test_openbao_serves_its_renewed_listener_certificate(left_alone, hosts, open
     assert served.stdout.strip().split("=")[1].lower() == now
 
 
-def root_token() -> str:
-    """The lab's root token, from the openbao role's encrypted file (as an operator reads it)."""
+def ansible_token() -> str:
+    """Ansible's OpenBao token, from the openbao role's encrypted file (as an operator reads it)."""
     secrets = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file",
-         str(ROOT / ".lab" / "openbao-passphrase"), str(ROOT / "inventories" / "lab" / ".openbao" / "init.vault")],
+         str(ROOT / ".lab" / "openbao-passphrase"),
+         str(ROOT / "inventories" / "lab" / ".openbao" / "ansible-token.vault")],
         capture_output=True, text=True, check=True).stdout
-    return yaml.safe_load(secrets)["root_token"]
+    return yaml.safe_load(secrets)["token"]
 
 
 def renewal_roles() -> list[str]:
-    listing = subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {root_token()}",
+    listing = subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {ansible_token()}",
                               f"{OPENBAO}/v1/pki_int/roles?list=true"], capture_output=True, text=True, check=True)
     return json.loads(listing.stdout)["data"]["keys"]
 

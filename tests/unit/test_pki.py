@@ -25,6 +25,7 @@ NETWORK = "10.213.7.0/24"
 HOST = f"app1.{DOMAIN}"
 HOST_IP = "10.213.7.21"
 PASSPHRASE = "correct horse battery staple"
+INTERMEDIATE_PASSPHRASE = "intermediate secret, not the root's"
 DAY = 86400
 
 
@@ -40,7 +41,8 @@ def make_csr(sans, key=None) -> str:
 
 
 def new_ca(ca_dir, **kwargs):
-    options = {"root_passphrase": PASSPHRASE, "allowed_domains": [DOMAIN], "allowed_networks": [NETWORK]}
+    options = {"root_passphrase": PASSPHRASE, "intermediate_passphrase": INTERMEDIATE_PASSPHRASE,
+               "allowed_domains": [DOMAIN], "allowed_networks": [NETWORK]}
     return mod.ensure_ca(str(ca_dir), **{**options, **kwargs})
 
 
@@ -76,6 +78,12 @@ def mode(path) -> int:
     return os.stat(path).st_mode & 0o777
 
 
+@pytest.fixture(autouse=True)
+def cheap_kdf(monkeypatch):
+    """The keys' real KDF cost is tested in test_pki_builtin_kdf.py; here it would only cost time."""
+    monkeypatch.setattr(mod, "KDF_ITERATIONS", 1000)
+
+
 @pytest.fixture
 def ca_dir(tmp_path):
     new_ca(tmp_path / "ca")
@@ -84,7 +92,7 @@ def ca_dir(tmp_path):
 
 @pytest.fixture
 def ca(ca_dir):
-    return mod.load_ca(str(ca_dir))
+    return mod.load_ca(str(ca_dir), INTERMEDIATE_PASSPHRASE)
 
 
 @pytest.fixture
@@ -96,7 +104,7 @@ def issued(ca):
 
 # --- the CA -----------------------------------------------------------------------------------
 
-def test_new_ca_has_private_files_and_an_encrypted_root_key(tmp_path):
+def test_new_ca_has_private_files_and_encrypted_keys(tmp_path):
     result = new_ca(tmp_path / "ca")
     ca_dir = tmp_path / "ca"
     assert result["changed"] and result["created"]
@@ -107,8 +115,10 @@ def test_new_ca_has_private_files_and_an_encrypted_root_key(tmp_path):
     with pytest.raises(TypeError):
         serialization.load_pem_private_key(root_key, password=None)
     assert serialization.load_pem_private_key(root_key, password=PASSPHRASE.encode())
-    # Without intermediate_passphrase the intermediate key is plain, protected by its mode alone.
-    assert (ca_dir / "intermediate.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    intermediate_key = (ca_dir / "intermediate.key").read_bytes()
+    assert intermediate_key.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert serialization.load_pem_private_key(intermediate_key, password=INTERMEDIATE_PASSPHRASE.encode())
+    assert result["rekeyed"] == []
     chain = (ca_dir / "chain.pem").read_text()
     assert chain == (ca_dir / "intermediate.crt").read_text() + (ca_dir / "root.crt").read_text()
     assert result["chain"] == chain and result["root_certificate"] == (ca_dir / "root.crt").read_text()
@@ -135,8 +145,8 @@ def test_ca_certificates_have_the_promised_keys_limits_and_name_constraints(ca):
 def test_ca_without_allowed_networks_excludes_every_ip_address(tmp_path):
     """No permitted IP subtree would leave addresses unconstrained (RFC 5280): all are excluded instead,
     so even the CA's own key cannot make a certificate for an address that verifies."""
-    mod.ensure_ca(str(tmp_path / "ca"), root_passphrase=PASSPHRASE, allowed_domains=[DOMAIN])
-    ca = mod.load_ca(str(tmp_path / "ca"))
+    new_ca(tmp_path / "ca", allowed_networks=[])
+    ca = mod.load_ca(str(tmp_path / "ca"), INTERMEDIATE_PASSPHRASE)
     for cert in (ca.root_cert, ca.intermediate_cert):
         constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
         assert set(constraints.permitted_subtrees) == {x509.DNSName(DOMAIN)}
@@ -152,8 +162,8 @@ def test_ca_without_allowed_networks_excludes_every_ip_address(tmp_path):
 
 
 def test_ca_without_any_allowed_name_constrains_addresses_only(tmp_path):
-    mod.ensure_ca(str(tmp_path / "ca"), root_passphrase=PASSPHRASE)
-    root = mod.load_ca(str(tmp_path / "ca")).root_cert
+    new_ca(tmp_path / "ca", allowed_domains=[], allowed_networks=[])
+    root = mod.load_ca(str(tmp_path / "ca"), INTERMEDIATE_PASSPHRASE).root_cert
     constraints = root.extensions.get_extension_for_class(x509.NameConstraints).value
     assert constraints.permitted_subtrees is None and len(constraints.excluded_subtrees) == 2
 
@@ -179,14 +189,24 @@ def test_wrong_root_passphrase_is_named(ca_dir):
     assert str(error.value) == f"root CA key in {ca_dir}/root.key cannot be decrypted with the given passphrase"
 
 
-def test_encrypted_intermediate_key_needs_its_passphrase(tmp_path):
-    new_ca(tmp_path / "ca", intermediate_passphrase="intermediate secret")
-    assert (tmp_path / "ca" / "intermediate.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    assert mod.load_ca(str(tmp_path / "ca"), "intermediate secret").intermediate_key is not None
+def test_encrypted_intermediate_key_needs_its_passphrase(ca_dir):
+    assert mod.load_ca(str(ca_dir), INTERMEDIATE_PASSPHRASE).intermediate_key is not None
     with pytest.raises(pki.PKIError, match=r"is encrypted: give its passphrase \(intermediate_passphrase\)"):
-        mod.load_ca(str(tmp_path / "ca"))
+        mod.load_ca(str(ca_dir))
     with pytest.raises(pki.PKIError, match="cannot be decrypted with the given passphrase"):
-        mod.load_ca(str(tmp_path / "ca"), "wrong")
+        mod.load_ca(str(ca_dir), "wrong")
+    # The root's passphrase is not the intermediate's.
+    with pytest.raises(pki.PKIError) as error:
+        new_ca(ca_dir, intermediate_passphrase=PASSPHRASE)
+    assert str(error.value) == (f"intermediate CA key in {ca_dir}/intermediate.key cannot be decrypted with the "
+                                f"given passphrase")
+
+
+@pytest.mark.parametrize("option", ["root_passphrase", "intermediate_passphrase"])
+def test_a_ca_needs_both_passphrases(tmp_path, option):
+    with pytest.raises(pki.PKIError, match=f"{option} is empty: the .* key is always encrypted at rest"):
+        new_ca(tmp_path / "ca", **{option: ""})
+    assert not (tmp_path / "ca").exists()
 
 
 def test_partial_ca_is_never_completed(ca_dir):
@@ -298,7 +318,7 @@ def test_ttl_below_a_minute_is_refused(ca):
 
 def test_ttl_beyond_the_intermediate_is_clipped_to_it(tmp_path):
     new_ca(tmp_path / "ca", intermediate_days=1)
-    ca = mod.load_ca(str(tmp_path / "ca"))
+    ca = mod.load_ca(str(tmp_path / "ca"), INTERMEDIATE_PASSPHRASE)
     result = sign(ca, make_csr([HOST]), [HOST], ttl=3 * DAY)
     assert result["ttl_clipped"] and result["warnings"]
     assert pki.not_after(load(result["certificate"])) == pki.not_after(ca.intermediate_cert)
@@ -466,12 +486,12 @@ def test_sans_compare_normalized(ca):
 def test_a_certificate_from_another_ca_is_renewed(issued, tmp_path):
     now = datetime.datetime.now(UTC)
     new_ca(tmp_path / "other", name="other")
-    other = mod.load_ca(str(tmp_path / "other"))
+    other = mod.load_ca(str(tmp_path / "other"), INTERMEDIATE_PASSPHRASE)
     renew, reason = decide(issued["certificate"], now, issuer=other.pem(other.intermediate_cert))
     assert renew and reason.startswith("issuer changed: issued by CN=sevenleague Intermediate CA")
     # A rolled-over intermediate keeps its name; the key identifiers tell the two apart.
     new_ca(tmp_path / "same-name")
-    same_name = mod.load_ca(str(tmp_path / "same-name"))
+    same_name = mod.load_ca(str(tmp_path / "same-name"), INTERMEDIATE_PASSPHRASE)
     renew, reason = decide(issued["certificate"], now, issuer=same_name.pem(same_name.intermediate_cert))
     assert renew and reason.startswith("issuer changed: issued under key id")
     assert not pki.is_signed_by(load(issued["certificate"]), same_name.intermediate_cert)
@@ -581,11 +601,13 @@ def ansible(module_args: dict, tmp_path: Path) -> dict:
 def test_module_runs_through_ansible(tmp_path):
     ca_dir = str(tmp_path / "ca")
     policy = {"ca_dir": ca_dir, "allowed_domains": [DOMAIN], "allowed_networks": [NETWORK]}
-    created = ansible({"state": "ca", "root_passphrase": PASSPHRASE, **policy}, tmp_path)
+    created = ansible({"state": "ca", "root_passphrase": PASSPHRASE,
+                       "intermediate_passphrase": INTERMEDIATE_PASSPHRASE, **policy}, tmp_path)
     assert created["changed"] and created["created"], created.get("msg")
-    assert PASSPHRASE not in created["_stdout"]
+    assert PASSPHRASE not in created["_stdout"] and INTERMEDIATE_PASSPHRASE not in created["_stdout"]
 
     sans = [HOST, HOST_IP]
+    policy["intermediate_passphrase"] = INTERMEDIATE_PASSPHRASE
     signed = ansible({"state": "signed", "csr": make_csr(sans), "sans": sans, "ttl": 3600, **policy}, tmp_path)
     assert signed["changed"] and signed["info"]["sans"] == [HOST_IP, HOST], signed.get("msg")
     assert signed["ca"] == created["root_certificate"]
