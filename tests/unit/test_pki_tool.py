@@ -92,7 +92,8 @@ def bao(tmp_path_factory):
         client.write(f"pki_int/roles/{SHORT_ROLE}", **{**role, "max_ttl": "1h"})
         # Only the root token issues through this one: 90 s after an hour's backdating is 2% left.
         client.write(f"pki_int/roles/{DUE_ROLE}", **{**role, "not_before_duration": "3600s"})
-        client.sys.create_or_update_policy("pki-renew", 'path "pki_int/sign/renew-*" { capabilities = ["update"] }')
+        client.sys.create_or_update_policy("pki-renew", 'path "pki_int/sign/renew-*" { capabilities = ["update"] }\n'
+                                           'path "pki_int/revoke-with-key" { capabilities = ["update"] }')
         client.sys.enable_auth_method("cert", path="cert")
         client.write("auth/cert/certs/host", certificate=root, token_policies=["pki-renew"], token_ttl="5m")
         yield {**server, "root": root.strip() + "\n", "intermediate": intermediate.strip() + "\n"}
@@ -398,7 +399,7 @@ def test_a_due_certificate_is_renewed_with_a_new_key(host):
            f"{info['not_after']}" in proc.stderr
     assert "<6>removed old release 20190101T000000Z" in proc.stderr
     assert proc.result == {"changed": True, "serial": info["serial"], "not_after": info["not_after"],
-                           "release": release.name, "problems": []}
+                           "release": release.name, "problems": [], "revoked": [FIRST_RELEASE]}
 
     # Once renewed, the next timer run has nothing to do.
     again = host.run()
@@ -406,6 +407,61 @@ def test_a_due_certificate_is_renewed_with_a_new_key(host):
     assert again.result["changed"] is False and again.result["renew"] is False
     assert host.target() == f"releases/{release.name}"
     assert len(host.hook_runs()) == 1
+
+
+def crl_serials(bao) -> set[int]:
+    import requests
+    crl = x509.load_pem_x509_crl(requests.get(f"{bao['url']}/v1/pki_int/crl/pem", verify=bao["ca"], timeout=10).content)
+    return {revoked.serial_number for revoked in crl}
+
+
+def test_a_replaced_key_s_certificate_is_revoked_with_that_key(host):
+    issued = installed(host, 86400)
+    old = x509.load_pem_x509_certificate(issued["cert"].encode()).serial_number
+    assert old not in crl_serials(host.bao)
+    proc = host.run("--force")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.result["revoked"] == [FIRST_RELEASE]
+    assert old in crl_serials(host.bao)
+    assert (host.releases / FIRST_RELEASE / "revoked").read_text() == "revoked\n"
+    assert f"<6>revoked the certificate of release {FIRST_RELEASE}, whose key was replaced" in proc.stderr
+    # Done once: the next run has nothing left to revoke, and does not log in for it.
+    again = host.run()
+    assert "revoked" not in again.result and "revoked the certificate" not in again.stderr
+
+
+def test_a_revocation_openbao_cannot_take_now_is_retried_at_the_next_run(host):
+    issued = installed(host, 86400)
+    policies = host.bao["client"].sys
+    renew_only = 'path "pki_int/sign/renew-*" { capabilities = ["update"] }'
+    full = policies.read_policy("pki-renew")["data"]["rules"]
+    policies.create_or_update_policy("pki-renew", renew_only)
+    try:
+        proc = host.run("--force")
+    finally:
+        policies.create_or_update_policy("pki-renew", full)
+    # Renewed, but the old certificate could not be revoked: said, and not marked done.
+    assert proc.returncode == 0 and "revoked" not in proc.result
+    assert f"<4>OpenBao denied revoking release {FIRST_RELEASE}" in proc.stderr
+    assert not (host.releases / FIRST_RELEASE / "revoked").exists()
+    # The next timer run, with nothing to renew, revokes it.
+    again = host.run()
+    assert again.result["changed"] is False and again.result["revoked"] == [FIRST_RELEASE]
+    assert x509.load_pem_x509_certificate(issued["cert"].encode()).serial_number in crl_serials(host.bao)
+
+
+def test_a_certificate_from_another_issuer_is_not_sent_for_revocation(host):
+    ca = local_ca("another CA")
+    now = datetime.datetime.now(UTC)
+    host.install(local_leaf(ca, now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=300)),
+                 host.bao["root"], name="20190101T000000Z")
+    (host.current).unlink()
+    host.install(issue(host.bao, 86400), host.bao["root"])
+    host.configure()
+    proc = host.run("--force")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.result["revoked"] == [FIRST_RELEASE]
+    assert not (host.releases / "20190101T000000Z" / "revoked").exists()
 
 
 def test_force_renews_a_valid_certificate(host):
@@ -638,7 +694,7 @@ def test_request_then_install_switches_publishes_runs_hooks_and_prunes(host, bao
     info = pki.cert_info(answer["certificate"])
     release = host.releases / proc.result["release"]
     assert proc.result == {"changed": True, "serial": info["serial"], "not_after": info["not_after"],
-                           "release": release.name, "problems": []}
+                           "release": release.name, "problems": [], "revoked": [FIRST_RELEASE]}
     assert host.target() == f"releases/{release.name}" != f"releases/{FIRST_RELEASE}"
     assert not host.pending.exists() and not (host.base / "current.new").exists()
     assert (release / "key.pem").read_bytes() == key_pem(pending_key)
