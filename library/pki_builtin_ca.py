@@ -108,11 +108,6 @@ options:
       - The longest O(ttl) this CA grants; a longer request fails.
     type: int
     default: 604800
-  name:
-    description:
-      - The certificate's name in RV(metrics) (the C(name) label); a host may hold several.
-    type: str
-    default: host
 notes:
   - Supports check mode. With O(state=ca) nothing is written; with O(state=signed) every check runs
     but nothing is signed, and RV(certificate) is empty.
@@ -238,12 +233,12 @@ try:
     from ansible.module_utils.sevenleague_pki import (
         CLOCK_SKEW_TOLERANCE, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, sans_of, textfile_metrics)
+        parse_sans, sans_of)
 except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
     from sevenleague_pki import (
         CLOCK_SKEW_TOLERANCE, DEFAULT_RENEW_FRACTION, HAS_CRYPTOGRAPHY, PKIError, cert_info, run_ansible_module,
         check_sans_allowed, general_name_str, is_signed_by, iso, lifetime_decision, not_after, not_before,
-        parse_sans, sans_of, textfile_metrics)
+        parse_sans, sans_of)
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
@@ -723,7 +718,7 @@ def _load_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:
 
 def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl: int,
              allowed_domains=(), allowed_networks=(), allow_wildcard: bool = False,
-             now: datetime.datetime | None = None, check_mode: bool = False, name: str = "host") -> dict:
+             now: datetime.datetime | None = None, check_mode: bool = False) -> dict:
     """Issue a certificate for `csr_pem` naming exactly `sans`, after every policy check."""
     now = now or datetime.datetime.now(UTC)
     if ttl < MIN_TTL:
@@ -800,7 +795,7 @@ def sign_csr(ca: CA, csr_pem: str | bytes, sans: list[str], ttl: int, *, max_ttl
             .sign(ca.intermediate_key, _hash_for(ca.intermediate_key)))
     pem = ca.pem(cert)
     return {**result, "certificate": pem, "chain": ca.pem(issuer), "ca": ca.pem(ca.root_cert),
-            "info": cert_info(pem), "metrics": textfile_metrics([(name, cert_info(pem))])}
+            "info": cert_info(pem)}
 
 
 # --- the module -------------------------------------------------------------------------------
@@ -820,7 +815,6 @@ ARGUMENT_SPEC = {
     "sans": {"type": "list", "elements": "str"},
     "ttl": {"type": "int", "default": 86400},
     "max_ttl": {"type": "int", "default": 604800},
-    "name": {"type": "str", "default": "host"},
 }
 REQUIRED_IF = [("state", "ca", ["root_passphrase", "intermediate_passphrase"]),
                ("state", "signed", ["csr", "sans"])]
@@ -838,7 +832,7 @@ def run(params: dict, check_mode: bool) -> dict:
     ca = load_ca(params["ca_dir"], params["intermediate_passphrase"])
     return sign_csr(ca, params["csr"], params["sans"], params["ttl"], max_ttl=params["max_ttl"],
                     allowed_domains=params["allowed_domains"], allowed_networks=params["allowed_networks"],
-                    allow_wildcard=params["allow_wildcard"], check_mode=check_mode, name=params["name"])
+                    allow_wildcard=params["allow_wildcard"], check_mode=check_mode)
 
 
 def main() -> None:

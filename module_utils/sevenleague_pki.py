@@ -444,23 +444,38 @@ _METRICS = (
     ("not_after", "Unix time after which the certificate is no longer valid."),
     ("not_before", "Unix time from which the certificate is valid."),
 )
+_CLOCK_METRIC = f"{METRIC_PREFIX}_clock_behind_seconds"
 
 
-def textfile_metrics(infos: list[tuple[str, dict]]) -> str:
-    """A node_exporter textfile: one gauge per bound per (name, cert_info) pair, sorted.
+def clock_behind_seconds(info: dict, now: datetime.datetime) -> int:
+    """How far the certificate starts in this host's future, when that is beyond the clock-skew
+    tolerance (this host's clock is behind its CA's by at least as much); 0 within it."""
+    ahead = (_parse_iso(info["not_before"]) - _require_aware(now)).total_seconds()
+    return int(ahead) if ahead > CLOCK_SKEW_TOLERANCE.total_seconds() else 0
 
-    Sorted output keeps the file byte-identical between runs, so writing it changes nothing
-    while the certificates stay the same.
+
+def textfile_metrics(infos: list[tuple[str, dict]], now: datetime.datetime | None = None) -> str:
+    """A node_exporter textfile: per (name, cert_info) pair, its bounds and the clock check, sorted.
+
+    Labelled by the certificate's name only: a serial label would start new series at every
+    renewal. Sorted output, and a clock value that stays 0 within the tolerance, keep the file
+    byte-identical between runs, so writing it changes nothing while the certificates stay the same.
     """
-    rows = sorted((str(name), str(info["serial"]), info) for name, info in infos)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    rows = sorted((str(name), info) for name, info in infos)
     lines = []
     for field, help_text in _METRICS:
         metric = f"{METRIC_PREFIX}_{field}_seconds"
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} gauge")
-        for name, serial, info in rows:
+        for name, info in rows:
             epoch = int(_parse_iso(info[field]).timestamp())
-            lines.append(f'{metric}{{name="{_label_value(name)}",serial="{_label_value(serial)}"}} {epoch}')
+            lines.append(f'{metric}{{name="{_label_value(name)}"}} {epoch}')
+    lines.append(f"# HELP {_CLOCK_METRIC} Seconds this host's clock is behind its CA's, as the certificate's "
+                 f"start shows, when beyond the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s tolerance; else 0.")
+    lines.append(f"# TYPE {_CLOCK_METRIC} gauge")
+    for name, info in rows:
+        lines.append(f'{_CLOCK_METRIC}{{name="{_label_value(name)}"}} {clock_behind_seconds(info, now)}')
     return "\n".join(lines) + "\n"
 
 
@@ -487,5 +502,5 @@ __all__ = [
     "CLOCK_SKEW_TOLERANCE", "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
     "cert_info", "chain_problem", "check_issued", "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
     "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
-    "renewal_decision", "run_ansible_module", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
+    "clock_behind_seconds", "renewal_decision", "run_ansible_module", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
 ]

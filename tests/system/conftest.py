@@ -215,3 +215,21 @@ def assert_only_its_own_certificate(run: PlaybookRun, host, before: str, serial_
     start, end = (line.split("=", 1)[1] for line in days.splitlines())
     lifetime = int(host.check_output(f"echo $(( $(date -d '{end}' +%s) - $(date -d '{start}' +%s) ))"))
     assert lifetime <= 86400 + 600, lifetime
+
+
+def _close_ssh_master(name: str) -> None:
+    subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-O", "exit", name], capture_output=True)
+
+
+@contextlib.contextmanager
+def stopped(name: str):
+    """The lab host `name` powered off for the block, as a host that is down; booted again after,
+    and back once it accepts SSH."""
+    _close_ssh_master(name)
+    lab.podman("stop", "-t", "10", lab.container_name(name))
+    try:
+        yield
+    finally:
+        lab.podman("start", lab.container_name(name))
+        lab.wait_for_ssh(name, LAB_HOSTS[name])
+        _close_ssh_master(name)

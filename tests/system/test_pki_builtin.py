@@ -1,5 +1,5 @@
 """The fleet moved to the built-in CA by one variable, the built-in CA rolled
-over, and the fleet moved back to OpenBao.
+over (with a host down on the way), and the fleet moved back to OpenBao.
 
 Runs after test_pki.py (file order), on the lab that converged on OpenBao.
 """
@@ -7,13 +7,17 @@ Runs after test_pki.py (file order), on the lab that converged on OpenBao.
 import json
 
 import pytest
-from conftest import ROOT, ansible_playbook, certificate_names, hostile
+from conftest import ROOT, ansible_playbook, certificate_names, hostile, stopped
 from test_pki import CA_DIR, CURRENT, SERVER_CA, serial, verify
 
 OPENBAO_ROOT = ROOT / "inventories" / "lab" / ".openbao" / "root.crt"
 # The lab inventory reads the backend from the environment (as a site sets it in
 # group_vars); while the fleet moves, hosts trust the root they leave as well.
 BUILTIN = {"SEVENLEAGUE_PKI_BACKEND": "builtin"}
+NEXT_DIR = CA_DIR.parent / ".pki-next"
+PREVIOUS_DIR = CA_DIR.parent / ".pki-previous"
+RETIRED_DIR = CA_DIR.parent / ".pki-retired"
+APP1, APP2 = "app1.sevenleague.test", "app2.sevenleague.test"
 
 
 def trust(path) -> str:
@@ -70,47 +74,67 @@ def test_a_hostile_host_gets_no_certificate_for_another_hosts_names_from_the_bui
 
 @pytest.fixture(scope="module")
 def ca_rollover(on_builtin, hosts):
-    """Phase 1 alone (as if interrupted there), again, then the rest of the rollover."""
+    """A rollover asked for part of the fleet; one with app2 down; the rerun once app2 is back;
+    and one more run after it finished."""
     old_root = (CA_DIR / "root.crt").read_text()
     before = {name: serial(host) for name, host in hosts.items()}
-    trust_phase = ansible_playbook("playbooks/rotate-ca.yml", "-e", "rotate_ca_until=trust", env=BUILTIN,
-                                   log="rotate-ca-trust.log")
-    next_root = (CA_DIR.parent / ".pki-next" / "root.crt").read_text() if trust_phase.rc == 0 else ""
-    bundles = {name: host.file(f"{CURRENT}/ca.pem").content_string for name, host in hosts.items()}
-    trust_again = ansible_playbook("playbooks/rotate-ca.yml", "-e", "rotate_ca_until=trust", env=BUILTIN,
-                                   log="rotate-ca-trust-again.log")
+    limited = ansible_playbook("playbooks/rotate-ca.yml", "--limit", APP1, env=BUILTIN, log="rotate-ca-limit.log")
+    limited_left_next = NEXT_DIR.exists()
+    with stopped(APP2):
+        down = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca-app2-down.log")
+        after_down = {"root": (CA_DIR / "root.crt").read_text(), "switched": PREVIOUS_DIR.exists(),
+                      "next_root": (NEXT_DIR / "root.crt").read_text() if NEXT_DIR.exists() else "",
+                      "bundles": {name: host.file(f"{CURRENT}/ca.pem").content_string
+                                  for name, host in hosts.items() if name != APP2}}
     rest = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca.log")
-    return {"old_root": old_root, "next_root": next_root, "before": before, "trust": trust_phase,
-            "bundles": bundles, "trust_again": trust_again, "rest": rest}
+    retired = sorted(RETIRED_DIR.iterdir()) if RETIRED_DIR.exists() else []
+    again = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca-again.log")
+    return {"old_root": old_root, "before": before, "limited": limited, "limited_left_next": limited_left_next,
+            "down": down, "after_down": after_down, "rest": rest, "retired": retired, "again": again}
 
 
-def test_rotate_ca_first_makes_every_host_trust_both_roots(ca_rollover):
-    assert ca_rollover["trust"].rc == 0, ca_rollover["trust"].output[-3000:]
-    for name, bundle in ca_rollover["bundles"].items():
-        assert ca_rollover["old_root"].strip() in bundle and ca_rollover["next_root"].strip() in bundle, name
+def test_rotate_ca_refuses_to_roll_over_part_of_the_fleet(ca_rollover):
+    run = ca_rollover["limited"]
+    assert run.rc != 0
+    assert "cannot run with --limit app1.sevenleague.test" in run.output
+    assert not ca_rollover["limited_left_next"]
 
 
-def test_rotate_ca_phase_run_again_changes_nothing(ca_rollover):
-    run = ca_rollover["trust_again"]
-    assert run.rc == 0, run.output[-3000:]
-    assert unchanged(run) == {}
+def test_rotate_ca_with_a_host_down_stops_before_the_switch(ca_rollover):
+    run, after = ca_rollover["down"], ca_rollover["after_down"]
+    assert run.rc != 0
+    assert f"Not switching to the next CA: {APP2} did not show the next root" in run.output
+    # Nothing switched: the active CA is the old one, and the hosts that were up trust both roots.
+    assert after["root"] == ca_rollover["old_root"] and not after["switched"]
+    assert after["next_root"]
+    for name, bundle in after["bundles"].items():
+        assert ca_rollover["old_root"].strip() in bundle and after["next_root"].strip() in bundle, name
 
 
-def test_rotate_ca_moves_every_host_to_the_new_root(ca_rollover, hosts, tmp_path):
+def test_rotate_ca_resumes_and_moves_every_host_to_the_new_root_once_the_host_is_back(ca_rollover, hosts,
+                                                                                      tmp_path):
     run = ca_rollover["rest"]
     assert run.rc == 0, run.output[-3000:]
     new_root = (CA_DIR / "root.crt").read_text()
-    # The rollover resumed with the CA its first phase created.
-    assert new_root == ca_rollover["next_root"] != ca_rollover["old_root"]
+    # The rollover resumed with the CA the interrupted run created.
+    assert new_root == ca_rollover["after_down"]["next_root"] != ca_rollover["old_root"]
     for name, host in hosts.items():
         assert serial(host) != ca_rollover["before"][name]
         # Retired: only the new root is trusted.
         assert host.file(f"{CURRENT}/ca.pem").content_string.strip() == new_root.strip(), name
         result = verify(host, tmp_path, str(CA_DIR / "root.crt"))
         assert result.returncode == 0, result.stdout + result.stderr
-    retired = list((CA_DIR.parent / ".pki-retired").iterdir())
-    assert any((folder / "root.crt").read_text() == ca_rollover["old_root"] for folder in retired)
-    assert not (CA_DIR.parent / ".pki-next").exists() and not (CA_DIR.parent / ".pki-previous").exists()
+    assert any((folder / "root.crt").read_text() == ca_rollover["old_root"] for folder in ca_rollover["retired"])
+    assert not NEXT_DIR.exists() and not PREVIOUS_DIR.exists()
+
+
+def test_rotate_ca_after_a_finished_rollover_changes_nothing(ca_rollover):
+    run = ca_rollover["again"]
+    assert run.rc == 0, run.output[-3000:]
+    assert unchanged(run) == {}
+    assert "nothing to do" in run.output
+    assert not NEXT_DIR.exists()
+    assert sorted(RETIRED_DIR.iterdir()) == ca_rollover["retired"]
 
 
 @pytest.fixture(scope="module")

@@ -545,11 +545,14 @@ def test_cert_info(issued):
     assert len(info["serial"]) % 2 == 0 and int(info["serial"], 16) == cert.serial_number
 
 
-def test_textfile_metrics_is_sorted_typed_and_exact():
+NOW = datetime.datetime(2026, 1, 1, 6, 0, tzinfo=datetime.timezone.utc)
+
+
+def test_textfile_metrics_is_sorted_typed_exact_and_labelled_by_name_alone():
     infos = [("web", {"serial": "0b", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-02T00:00:00Z"}),
              ('we"ird', {"serial": "0a", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-01T12:00:00Z"})]
-    text = pki.textfile_metrics(infos)
-    assert text == pki.textfile_metrics(list(reversed(infos))) and text.endswith("\n")
+    text = pki.textfile_metrics(infos, NOW)
+    assert text == pki.textfile_metrics(list(reversed(infos)), NOW) and text.endswith("\n")
     samples, declared = {}, []
     for line in text.splitlines():
         if line.startswith("# TYPE "):
@@ -557,24 +560,38 @@ def test_textfile_metrics_is_sorted_typed_and_exact():
             assert kind == "gauge"
             declared.append(metric)
         elif not line.startswith("# HELP "):
-            match = re.fullmatch(r'(\w+)\{name="((?:[^"\\]|\\.)*)",serial="(\w+)"\} (\d+)', line)
+            # No serial label: a renewal must not start a new series.
+            match = re.fullmatch(r'(\w+)\{name="((?:[^"\\]|\\.)*)"\} (\d+)', line)
             assert match, line
             assert match[1] in declared, "a sample comes after its TYPE line"
-            samples[match[1], match[2], match[3]] = int(match[4])
-    assert declared == ["sevenleague_certificate_not_after_seconds", "sevenleague_certificate_not_before_seconds"]
+            samples[match[1], match[2]] = int(match[3])
+    assert declared == ["sevenleague_certificate_not_after_seconds", "sevenleague_certificate_not_before_seconds",
+                        "sevenleague_certificate_clock_behind_seconds"]
     assert samples == {
-        ("sevenleague_certificate_not_after_seconds", "we\\\"ird", "0a"): 1767268800,
-        ("sevenleague_certificate_not_after_seconds", "web", "0b"): 1767312000,
-        ("sevenleague_certificate_not_before_seconds", "we\\\"ird", "0a"): 1767225600,
-        ("sevenleague_certificate_not_before_seconds", "web", "0b"): 1767225600,
+        ("sevenleague_certificate_not_after_seconds", "we\\\"ird"): 1767268800,
+        ("sevenleague_certificate_not_after_seconds", "web"): 1767312000,
+        ("sevenleague_certificate_not_before_seconds", "we\\\"ird"): 1767225600,
+        ("sevenleague_certificate_not_before_seconds", "web"): 1767225600,
+        ("sevenleague_certificate_clock_behind_seconds", "we\\\"ird"): 0,
+        ("sevenleague_certificate_clock_behind_seconds", "web"): 0,
     }
+
+
+@pytest.mark.parametrize("behind, reported", [(0, 0), (300, 0), (301, 301), (3600, 3600)])
+def test_the_clock_metric_reports_a_host_behind_its_ca_only_beyond_the_tolerance(behind, reported):
+    """A certificate that starts `behind` seconds in this host's future: within the 300 s tolerance
+    the metric stays 0 (so the file does not change between runs); beyond it, it says how far."""
+    start = NOW + datetime.timedelta(seconds=behind)
+    info = {"serial": "01", "not_before": pki.iso(start), "not_after": pki.iso(start + datetime.timedelta(days=1))}
+    text = pki.textfile_metrics([("host", info)], NOW)
+    assert f'sevenleague_certificate_clock_behind_seconds{{name="host"}} {reported}\n' in text
 
 
 def test_textfile_metrics_from_a_real_certificate(issued):
     text = pki.textfile_metrics([("host", issued["info"])])
     epoch = int(pki.not_after(load(issued["certificate"])).timestamp())
-    assert f'sevenleague_certificate_not_after_seconds{{name="host",serial="{issued["info"]["serial"]}"}} {epoch}\n' \
-        in text
+    assert f'sevenleague_certificate_not_after_seconds{{name="host"}} {epoch}\n' in text
+    assert 'sevenleague_certificate_clock_behind_seconds{name="host"} 0\n' in text
 
 
 # --- the module as Ansible sees it ------------------------------------------------------------

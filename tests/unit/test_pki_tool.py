@@ -306,8 +306,19 @@ def expected_fact(host: Host, info: dict) -> dict:
 
 # --- nothing to do ----------------------------------------------------------------------------
 
+def test_a_timer_run_with_nothing_to_renew_brings_the_metrics_up_to_date(host):
+    """The metrics (and their clock check) are as of the last timer run, not the last renewal."""
+    issued = installed(host, 86400)
+    host.metrics.unlink(missing_ok=True)
+    proc = host.run()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.result["renew"] is False
+    assert host.metrics.read_text() == pki.textfile_metrics([(NAME, pki.cert_info(issued["cert"]))])
+
+
 def test_a_valid_certificate_is_left_alone(host):
     issued = installed(host, 86400)
+    assert host.command("publish").returncode == 0
     host.record_hook()
     before = host.snapshot()
     proc = host.run()

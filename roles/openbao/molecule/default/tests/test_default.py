@@ -274,7 +274,9 @@ def test_the_agent_renews_the_certificate_without_the_controller(client, due_now
     verify = client.run(f"cd {CURRENT} && openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem")
     assert verify.rc == 0, verify.stderr
     serial = after.split("=", 1)[1].strip().lower()
-    assert f'serial="{serial}"' in client.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
+    end = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    metrics = client.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
+    assert f'sevenleague_certificate_not_after_seconds{{name="host"}} {end}\n' in metrics
     assert json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)["serial"] == serial
     journal = client.check_output("journalctl -t sevenleague-pki --no-pager -o cat")
     assert serial in journal.replace(":", "").lower()
