@@ -10,9 +10,11 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 
 # Debian packages the controller needs for the lab and the tests.
 # netavark needs iptables; naming the network backend keeps apt from choosing another.
+# chromium takes the system tests' picture of Prometheus's targets page.
 APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap slirp4netns \
                 openssh-client iproute2 python3-venv \
-                dpkg-dev lintian reprepro gnupg
+                dpkg-dev lintian reprepro gnupg \
+                chromium fonts-dejavu-core
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status site lint test test-unit test-role test-system clean

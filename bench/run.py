@@ -4,13 +4,19 @@
     bench/run.py [--rounds 2]
 
 On a fresh lab: building the packages from nothing, bringing the lab up,
-the first converge of site.yml, then the no-op rerun (every host
-changed=0) with three settings side by side, in rounds so that a noisy
-moment hits all three alike:
+the first converge of site.yml, log shipping's throughput, then the no-op
+rerun (every host changed=0) with three settings side by side, in rounds so
+that a noisy moment hits all three alike:
 
   stock    an ansible.cfg with only the paths, force_handlers and the interpreter
   linear   the project's ansible.cfg with ANSIBLE_STRATEGY=linear (Mitogen off)
   ours     the project's ansible.cfg as it is (Mitogen's mitogen_linear)
+
+Log shipping: one client (app2) logs numbered lines through its journal as
+fast as its transient units can; the figure is messages per second from the
+first line sent until the last one is in the aggregator's file (journal ->
+rsyslog -> RELP over mutual TLS -> logs1), with the number lost, which must
+be 0.
 
 Adds the memory of each lab host and the time of every test level of the
 last `make test` (.cache/reports/timings.json), then writes
@@ -97,6 +103,44 @@ def host_memory() -> dict[str, str]:
     return usage
 
 
+LOG_CLIENT = "app2.sevenleague.test"
+LOG_AGGREGATOR = "logs1.sevenleague.test"
+
+
+def on_host(host: str, command: str) -> str:
+    return subprocess.run(["ssh", "-F", str(ROOT / ".lab" / "ssh" / "config"), host, command], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def log_throughput(units: int = 5, per_unit: int = 8000) -> dict:
+    """Numbered lines from LOG_CLIENT until every one is at LOG_AGGREGATOR. Each transient unit
+    sends `per_unit` lines, under journald's default burst of 10 000 per unit and 30 s."""
+    tag = f"sl-bench-{int(time.time())}"
+    total = units * per_unit
+    path = f"/var/log/hosts/{LOG_CLIENT}/{tag}.log"
+    print(f"bench: log shipping, {total} lines ...", flush=True)
+    started = time.monotonic()
+    on_host(LOG_CLIENT, " & ".join(
+        f"systemd-run --quiet --wait --unit {tag}-{k} sh -c "
+        f"'seq {k * per_unit + 1} {(k + 1) * per_unit} | sed s/^/n=/ | logger -t {tag}'" for k in range(units))
+        + " & wait")
+    sent = time.monotonic() - started
+    arrived, last_change, deadline = 0, time.monotonic(), time.monotonic() + 600
+    while time.monotonic() < deadline:
+        count = int(on_host(LOG_AGGREGATOR, f"grep -c 'n=' {path} 2>/dev/null || true").strip() or 0)
+        if count != arrived:
+            arrived, last_change = count, time.monotonic()
+        if arrived >= total or time.monotonic() - last_change > 60:
+            break
+        time.sleep(0.5)
+    elapsed = last_change - started
+    distinct = int(on_host(LOG_AGGREGATOR, f"grep -o 'n=[0-9]*' {path} | sort -u | wc -l").strip())
+    result = {"messages": total, "sent_seconds": round(sent, 1), "seconds": round(elapsed, 1),
+              "per_second": round(distinct / elapsed), "lost": total - distinct, "duplicates": arrived - distinct}
+    print(f"bench: log shipping: {result}", flush=True)
+    return result
+
+
 def markdown(report: dict) -> str:
     noop = report["noop_rerun"]
     stock = noop["stock"]["median"]
@@ -107,6 +151,11 @@ def markdown(report: dict) -> str:
              "## site.yml on the lab (6 hosts)", "",
              "| what | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in report["steps"].items()]
+    logs = report.get("log_shipping")
+    if logs:
+        lines += ["", f"Log shipping, app2 -> journal -> rsyslog -> RELP/mutual TLS -> logs1: {logs['messages']} lines "
+                      f"in {logs['seconds']} s, **{logs['per_second']} messages/s**, lost {logs['lost']}, "
+                      f"duplicates {logs['duplicates']} (journald took {logs['sent_seconds']} s to accept them)."]
     lines += ["", f"No-op rerun (every host changed=0), {report['rounds']} rounds side by side:", "",
               "| ansible.cfg | median s | runs s | vs stock |", "|---|---|---|---|"]
     for name, label in (("stock", "stock (paths, force_handlers, interpreter)"),
@@ -144,6 +193,7 @@ def main() -> int:
         timed("remove the lab", [*lab, "down"])
         steps["lab up, 6 fresh hosts (images built)"] = timed("bring up a fresh lab", [*lab, "up"])
         steps["site.yml, first converge (packages built)"] = timed("first converge", playbook)
+        log_shipping = log_throughput()
         settings = {"stock": {"ANSIBLE_CONFIG": str(stock_cfg)}, "linear": {"ANSIBLE_STRATEGY": "linear"}, "ours": {}}
         runs: dict[str, list[float]] = {name: [] for name in settings}
         for round_ in range(1, args.rounds + 1):
@@ -157,6 +207,7 @@ def main() -> int:
         "rounds": args.rounds,
         "steps": steps,
         "noop_rerun": {name: {"runs": r, "median": statistics.median(r)} for name, r in runs.items()},
+        "log_shipping": log_shipping,
         "memory": host_memory(),
     }
     if TIMINGS.exists():
@@ -165,7 +216,8 @@ def main() -> int:
     (ROOT / "bench" / "RESULTS.md").write_text(markdown(report))
     speedup = report["noop_rerun"]["stock"]["median"] / report["noop_rerun"]["ours"]["median"]
     print(f"bench: no-op rerun {speedup:.2f}x faster than stock; bench/RESULTS.md and bench/results.json written")
-    return 0
+    # Speed is written down, not judged; a lost message is a failure.
+    return 1 if log_shipping["lost"] else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""Logs and metrics on the lab after site.yml: every host's journal reaches the
+aggregator over RELP with mutual TLS, nothing is lost while the aggregator is
+down or while certificates rotate, and Prometheus scrapes every node_exporter
+over mutual TLS, which refuses anyone else.
+
+This file runs before the PKI's rollovers (file order), on the fleet as
+site.yml left it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, stopped
+
+AGGREGATOR = "logs1.sevenleague.test"
+MONITOR = "mon1.sevenleague.test"
+CLIENT = "app2.sevenleague.test"
+LOG_DIR = "/var/log/hosts"
+CURRENT = "/etc/sevenleague/pki/current"
+# librelp's default window: at most this many sent but unacknowledged messages, which are
+# resent after a broken session and may then arrive twice.
+RELP_WINDOW = 128
+
+
+def wait_for(check, timeout: float, interval: float = 2.0, what: str = "condition"):
+    """check() until it returns something truthy; its last value otherwise fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    assert value, f"{what}: not within {timeout:.0f} s"
+    return value
+
+
+def prometheus(hosts, path: str) -> dict:
+    """Prometheus's HTTP API on the monitoring host (it listens on its loopback only)."""
+    out = hosts[MONITOR].check_output(f"curl -sSf 'http://127.0.0.1:9090{path}'")
+    return json.loads(out)["data"]
+
+
+def numbers(hosts, tag: str, host: str = CLIENT) -> list[int]:
+    """The n=<number> of every line from `host` with program `tag` in the aggregator's file."""
+    text = hosts[AGGREGATOR].run(f"cat {LOG_DIR}/{host}/{tag}.log 2>/dev/null").stdout
+    return [int(n) for n in re.findall(r"\bn=(\d+)\b", text)]
+
+
+def log_numbered(host, tag: str, count: int) -> None:
+    """`count` lines, each from its own logger process as separate programs' lines would be."""
+    host.check_output(f"for i in $(seq 1 {count}); do logger -t {tag} \"n=$i\"; done")
+
+
+def assert_all_arrived(hosts, tag: str, count: int, timeout: float) -> None:
+    def complete():
+        got = numbers(hosts, tag)
+        return set(got) >= set(range(1, count + 1)) and got
+    got = wait_for(complete, timeout, what=f"all {count} lines of {tag} at the aggregator")
+    duplicates = len(got) - len(set(got))
+    print(f"{tag}: {count} sent, {len(set(got))} arrived, {duplicates} duplicates")
+    assert duplicates <= RELP_WINDOW, f"{duplicates} duplicates, more than RELP's window of {RELP_WINDOW}"
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+def test_a_line_logged_on_every_host_arrives_under_its_name(hosts):
+    token = uuid.uuid4().hex
+    for name, host in hosts.items():
+        host.check_output(f"logger -t sl-systest 'hello {token} from {name}'")
+    for name in hosts:
+        path = f"{LOG_DIR}/{name}/sl-systest.log"
+        wait_for(lambda: token in hosts[AGGREGATOR].run(f"cat {path} 2>/dev/null").stdout, 30,
+                 what=f"{name}'s line in {path}")
+        # Filed by where it came from, not by what it says: no other host's file has it.
+        others = hosts[AGGREGATOR].run(f"grep -l 'from {name}' {LOG_DIR}/*/sl-systest.log").stdout.split()
+        assert others == [path], others
+
+
+def test_the_relp_listener_serves_only_the_fleets_certificates(hosts):
+    """From a fleet host (the firewall lets it in): its own certificate gets a RELP session;
+    none, or a certificate with its name from another CA, gets no TLS session."""
+    client = hosts[CLIENT]
+    data = "relp_version=0\nrelp_software=probe\ncommands=syslog"
+    offer = f"1 open {len(data)} {data}\n"
+    probe = (f"printf '%s' {shlex.quote(offer)} | timeout 5 openssl s_client -quiet "
+             f"-connect {LAB_HOSTS[AGGREGATOR]}:2514 -CAfile {CURRENT}/ca.pem")
+    client.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+                        f"-subj /CN={CLIENT} -addext subjectAltName=DNS:{CLIENT},IP:{LAB_HOSTS[CLIENT]} "
+                        "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
+    try:
+        accepted = client.run(f"{probe} -cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem "
+                              f"-key {CURRENT}/key.pem")
+        without = client.run(probe)
+        other_ca = client.run(f"{probe} -cert /run/sl-other-ca.pem -key /run/sl-other-ca.key")
+    finally:
+        client.run("rm -f /run/sl-other-ca.key /run/sl-other-ca.pem")
+    assert "1 rsp" in accepted.stdout, accepted.stdout + accepted.stderr
+    assert "rsp" not in without.stdout, without.stdout
+    assert "rsp" not in other_ca.stdout, other_ca.stdout
+
+
+def test_nothing_is_lost_while_the_aggregator_is_down_for_a_minute(hosts):
+    tag = f"sl-outage-{uuid.uuid4().hex[:8]}"
+    with stopped(AGGREGATOR):
+        started = time.monotonic()
+        log_numbered(hosts[CLIENT], tag, 1000)
+        queued = hosts[CLIENT].check_output("cat /var/lib/prometheus/node-exporter/sevenleague_rsyslog.prom")
+        time.sleep(max(0.0, 60 - (time.monotonic() - started)))
+    assert_all_arrived(hosts, tag, 1000, timeout=180)
+    assert "sevenleague_rsyslog_queue_size" in queued
+
+
+def test_nothing_is_lost_across_a_certificate_rotation_of_client_and_aggregator(hosts):
+    tag = f"sl-rotate-{uuid.uuid4().hex[:8]}"
+    client = hosts[CLIENT]
+    before = {name: hosts[name].check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
+              for name in (CLIENT, AGGREGATOR)}
+    # A steady stream of numbered lines while both certificates are renewed and rsyslog restarts.
+    client.check_output(
+        f"rm -f /run/{tag}.stop /run/{tag}.count; nohup sh -c 'i=0; while [ ! -e /run/{tag}.stop ]; do "
+        f"i=$((i+1)); logger -t {tag} \"n=$i\"; sleep 0.02; done; echo $i > /run/{tag}.count' "
+        ">/dev/null 2>&1 &")
+    try:
+        run = ansible_playbook("playbooks/rotate-certs.yml", "--limit", f"{CLIENT},{AGGREGATOR}",
+                               log="rotate-certs-logs.log")
+    finally:
+        client.check_output(f"touch /run/{tag}.stop")
+    count = int(wait_for(lambda: client.run(f"cat /run/{tag}.count").stdout.strip(), 30, 1, "the writer's count"))
+    assert run.rc == 0, run.output[-3000:]
+    for name, serial in before.items():
+        assert hosts[name].check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial") != serial
+    assert count > 100
+    assert_all_arrived(hosts, tag, count, timeout=120)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def test_prometheus_has_every_hosts_node_exporter_up(hosts):
+    def all_up():
+        targets = prometheus(hosts, "/api/v1/targets?state=active")["activeTargets"]
+        node = {t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "node"}
+        return node if node == {name: "up" for name in LAB_HOSTS} else None
+    wait_for(all_up, 90, 5, "every lab host's node_exporter up in Prometheus")
+
+
+def test_prometheus_reads_every_hosts_certificate_expiry(hosts):
+    result = prometheus(hosts, "/api/v1/query?query=sevenleague_certificate_not_after_seconds%7Bname%3D%22host%22%7D")
+    seen = {r["metric"]["instance"] for r in result["result"]}
+    assert seen == set(LAB_HOSTS)
+
+
+def test_prometheus_scrapes_openbao_and_loads_the_alert_rules(hosts):
+    up = prometheus(hosts, "/api/v1/query?query=up%7Bjob%3D%22openbao%22%7D")["result"]
+    assert [r["value"][1] for r in up] == ["1"], up
+    groups = prometheus(hosts, "/api/v1/rules?type=alert")["groups"]
+    alerts = {rule["name"] for group in groups for rule in group["rules"]}
+    assert {"InstanceDown", "CertificateLifetimeLow", "OpenBaoSealed", "LogForwardingSuspended"} <= alerts
+
+
+def test_node_exporter_serves_only_the_fleets_certificates_from_the_monitoring_hosts(hosts):
+    mon, target = hosts[MONITOR], f"https://{LAB_HOSTS[CLIENT]}:9100/metrics"
+    # The trust bundle holds roots only: a client sends its intermediate with its certificate.
+    curl = f"curl -sS --max-time 10 --cacert {CURRENT}/ca.pem"
+    # The monitoring host's own certificate: served.
+    assert "node_exporter_build_info" in mon.check_output(
+        f"{curl} --cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem {target}")
+    # No client certificate: the handshake is refused.
+    assert mon.run(f"{curl} {target}").rc != 0
+    # A certificate with the same name from another CA: refused.
+    mon.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+                     f"-subj /CN={MONITOR} -addext subjectAltName=DNS:{MONITOR},IP:{LAB_HOSTS[MONITOR]} "
+                     "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
+    try:
+        assert mon.run(f"{curl} --cert /run/sl-other-ca.pem --key /run/sl-other-ca.key {target}").rc != 0
+    finally:
+        mon.run("rm -f /run/sl-other-ca.key /run/sl-other-ca.pem")
+    # Another fleet host with a valid certificate, but not a monitoring host: the firewall drops it.
+    app1 = hosts["app1.sevenleague.test"]
+    assert app1.run(f"{curl} --connect-timeout 5 --cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem {target}").rc == 28
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_screenshot_of_the_targets_page_shows_every_target_up(hosts):
+    """Prometheus's own page, as an operator sees it through an SSH tunnel, in headless Chromium;
+    the picture is kept in .cache/reports."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: `make deps` installs it"
+    port = _free_port()
+    tunnel = subprocess.Popen(["ssh", "-F", str(SSH_CONFIG), "-N", "-o", "ExitOnForwardFailure=yes",
+                               "-L", f"127.0.0.1:{port}:127.0.0.1:9090", MONITOR])
+    try:
+        wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/-/ready"],
+                                        capture_output=True).returncode == 0, 30, 1, "the tunnel to Prometheus")
+        url = f"http://127.0.0.1:{port}/targets"
+        browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                   "--window-size=1400,2400", "--virtual-time-budget=15000"]
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        shot = REPORTS / "prometheus-targets.png"
+        shot.unlink(missing_ok=True)
+        subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True, timeout=120, cwd=ROOT)
+        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        tunnel.terminate()
+        tunnel.wait()
+    assert shot.exists() and shot.stat().st_size > 20000
+    (REPORTS / "prometheus-targets.html").write_text(dom)
+    for name in LAB_HOSTS:
+        assert name in dom, f"{name} is not on the targets page"
+    assert re.search(r">\s*UP\s*<", dom, re.I), "no target shown UP"
+    assert not re.search(r">\s*DOWN\s*<", dom, re.I), "a target is shown DOWN"
+    assert not re.search(r">\s*UNKNOWN\s*<", dom, re.I), "a target is not scraped yet"
+
