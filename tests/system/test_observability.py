@@ -84,6 +84,15 @@ def test_a_line_logged_on_every_host_arrives_under_its_name(hosts):
         assert others == [path], others
 
 
+def test_openbaos_audit_trail_reaches_the_aggregator(hosts):
+    """The CA host's audit file (rsyslog_files) is shipped beside its journal, as openbao-audit."""
+    path = f"{LOG_DIR}/ca1.sevenleague.test/openbao-audit.log"
+    wait_for(lambda: '"type":"response"' in hosts[AGGREGATOR].run(f"tail -n 50 {path} 2>/dev/null").stdout, 60,
+             what=f"OpenBao audit entries in {path}")
+    # Kept out of the CA host's own syslog file: the audit file is its copy there.
+    assert '"type":"response"' not in hosts["ca1.sevenleague.test"].run("tail -n 200 /var/log/syslog").stdout
+
+
 def test_the_relp_listener_serves_only_the_fleets_certificates(hosts):
     """From a fleet host (the firewall lets it in): its own certificate gets a RELP session;
     none, or a certificate with its name from another CA, gets no TLS session."""
@@ -187,6 +196,12 @@ def test_node_exporter_serves_only_the_fleets_certificates_from_the_monitoring_h
     assert app1.run(f"{curl} --connect-timeout 5 --cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem {target}").rc == 28
 
 
+def test_only_the_monitoring_hosts_forward_ssh_and_only_to_their_web_uis(hosts):
+    effective = hosts[MONITOR].check_output("sshd -T | grep -i -e '^allowtcpforwarding' -e '^permitopen'")
+    assert effective.lower().split("\n") == ["allowtcpforwarding local", "permitopen 127.0.0.1:9090 127.0.0.1:9093"]
+    assert "allowtcpforwarding no" in hosts[CLIENT].check_output("sshd -T").lower()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,7 +219,8 @@ def test_a_screenshot_of_the_targets_page_shows_every_target_up(hosts):
     try:
         wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/-/ready"],
                                         capture_output=True).returncode == 0, 30, 1, "the tunnel to Prometheus")
-        url = f"http://127.0.0.1:{port}/targets"
+        # Debian's package serves the classic, server-rendered UI (it leaves out the React one).
+        url = f"http://127.0.0.1:{port}/classic/targets"
         browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                    "--window-size=1400,2400", "--virtual-time-budget=15000"]
         REPORTS.mkdir(parents=True, exist_ok=True)

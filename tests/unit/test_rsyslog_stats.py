@@ -28,7 +28,8 @@ def _load():
 stats = _load()
 
 # A client on Debian 12 (rsyslog 8.2302): one forwarding action with its disk-assisted queue,
-# the Debian rules' actions, and the statistics' own action.
+# the Debian rules' actions, and the statistics' own action. The forwarding action's and its
+# queues' failure counters are raised from the recorded zeros, to tell the fields apart.
 BOOKWORM_CLIENT = """\
 { "name": "global", "origin": "dynstats", "values": { } }
 { "name": "global", "origin": "percentile", "values": { } }
