@@ -20,8 +20,9 @@ be 0.
 
 Adds the memory of each lab host and the time of every test level of the
 last `make test` (.cache/reports/timings.json), then writes
-bench/RESULTS.md and bench/results.json.  It recreates the lab, so run it
-when nothing else uses it.
+bench/RESULTS.md and bench/results.json; every step's output is kept in
+.cache/bench/ (a converge's log ends with its slowest tasks).  It recreates
+the lab, so run it when nothing else uses it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 TIMINGS = ROOT / ".cache" / "reports" / "timings.json"
+LOGS = ROOT / ".cache" / "bench"
 _RECAP = re.compile(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 # "Stock": what a team starts from, only what the repository cannot run without.
@@ -69,6 +71,9 @@ def timed(label: str, cmd: list[str], noop: bool = False, **extra_env: str) -> f
     proc = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     elapsed = time.monotonic() - started
+    # Every step's output is kept (profile_tasks lists the slowest tasks of a converge).
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".log")).write_text(proc.stdout)
     if proc.returncode != 0:
         sys.exit(f"bench: {label} failed:\n{proc.stdout[-3000:]}")
     if noop:
