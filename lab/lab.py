@@ -144,7 +144,7 @@ def debian_mirror(candidates=APT_SOURCES) -> str:
 
 def context_digest() -> str:
     h = hashlib.sha256()
-    for name in ("Containerfile", "ssh-host-keys.service"):
+    for name in ("Containerfile", "ssh-host-keys.service", "dpkg-lab.cfg", "apt-lab.conf"):
         h.update((LAB / name).read_bytes())
     return h.hexdigest()[:16]
 

@@ -195,10 +195,12 @@ def system(tally: Tally, stream: bool) -> None:
         if not stream:
             say(f"--- lab up failed:\n{tail(log)}")
         return
-    pytest_level("system", ["tests/system"], tally, stream=stream)
+    # --durations: where the level's time goes (setup lines are the fixtures'
+    # playbook runs), the first thing to read when it grows.
+    pytest_level("system", ["--durations=25", "tests/system"], tally, stream=stream)
     if not stream and (REPORTS / "system.log").exists():
-        # pytest's own summary: which system tests failed, and why.
-        say(f"--- system: the end of .cache/reports/system.log:\n{tail(REPORTS / 'system.log', 40)}")
+        # pytest's own summary and the slowest steps: which system tests failed, and why.
+        say(f"--- system: the end of .cache/reports/system.log:\n{tail(REPORTS / 'system.log', 70)}")
 
 
 def timed(tally: Tally, what: str, step, *args) -> None:
