@@ -325,10 +325,15 @@ def main(name: str, version: str, defaults: dict[str, Any], checks: dict[str, Ch
     parser = argparse.ArgumentParser(prog=name)
     parser.add_argument("--config", metavar="PATH", help=f"JSON config file, e.g. /etc/{name}/{name}.json")
     parser.add_argument("--version", action="version", version=f"{name} {version}")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the config file and exit: 0 when the app would start with it, 2 otherwise")
     args = parser.parse_args()
     try:
         config = load_config(args.config, {**COMMON_DEFAULTS, **defaults}, {**COMMON_CHECKS, **checks})
     except ConfigError as e:
         print(f"{name}: {e}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(f"{name}: {args.config or 'the defaults'}: configuration ok")
+        return 0
     return serve(Service(name, version, config, make_routes(config)))

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import svc
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 DEFAULTS: dict[str, Any] = {
     "port": 8080,

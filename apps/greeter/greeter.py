@@ -10,7 +10,7 @@ from typing import Any
 
 import svc
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 NAME_MAX_LENGTH = 64
 

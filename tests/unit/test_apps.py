@@ -404,3 +404,16 @@ def test_unreadable_config_exits_2(scripts, tmp_path, content, message):
                             capture_output=True, text=True, env=child_env(), timeout=10)
     assert result.returncode == 2
     assert message in result.stderr and str(config_file) in result.stderr
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_check_config_accepts_a_good_file_and_refuses_a_bad_one_without_starting(scripts, tmp_path, app):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"port": 18080, "drain_seconds": 1}))
+    bad.write_text(json.dumps({"port": "18080"}))
+    ok = subprocess.run([sys.executable, str(scripts[app]), "--config", str(good), "--check-config"],
+                        capture_output=True, text=True, env=child_env(), timeout=10)
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{app}: {good}: configuration ok"), ok.stderr
+    refused = subprocess.run([sys.executable, str(scripts[app]), "--config", str(bad), "--check-config"],
+                             capture_output=True, text=True, env=child_env(), timeout=10)
+    assert refused.returncode == 2 and "'port'" in refused.stderr

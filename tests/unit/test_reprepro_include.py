@@ -1,5 +1,6 @@
 """reprepro_include against a real reprepro repository and real .deb files."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -78,12 +79,13 @@ def test_an_older_version_than_the_published_one_is_refused(repo, greeter_deb, t
     tree = tmp_path / "tree"
     subprocess.run(["dpkg-deb", "-R", str(greeter_deb), str(tree)], check=True)
     control = tree / "DEBIAN" / "control"
-    control.write_text(control.read_text().replace("Version: 1.0.0-1", "Version: 9.0.0-1"))
+    published = re.search(r"^Version: (\S+)$", control.read_text(), re.M)[1]
+    control.write_text(control.read_text().replace(f"Version: {published}", "Version: 9.0.0-1"))
     newer = tmp_path / "greeter_9.0.0-1_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(newer)], check=True,
                    capture_output=True)
     mod.publish(run, str(repo), "bookworm", "main", str(newer))
-    with pytest.raises(mod.PublishError, match="did not publish greeter 1.0.0-1: bookworm has 9.0.0-1"):
+    with pytest.raises(mod.PublishError, match=f"did not publish greeter {re.escape(published)}: bookworm has 9.0.0-1"):
         mod.publish(run, str(repo), "bookworm", "main", str(greeter_deb))
 
 
