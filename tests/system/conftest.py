@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,3 +234,28 @@ def stopped(name: str):
         lab.podman("start", lab.container_name(name))
         lab.wait_for_ssh(name, LAB_HOSTS[name])
         _close_ssh_master(name)
+
+
+LOAD_TOOL = ROOT / "bench" / "load.py"
+
+
+@contextlib.contextmanager
+def steady_load(host, url: str, rate: float):
+    """bench/load.py on `host`, sending GET `url` `rate` times a second for the block; the dict
+    yielded holds its report (sent, ok, failed, errors, rate, latency_ms) once the block ends."""
+    host.check_output("rm -f /run/sl-load.py /run/sl-load.json /run/sl-load.stop")
+    host.check_output(f"printf '%s' {shlex.quote(LOAD_TOOL.read_text())} > /run/sl-load.py")
+    host.check_output("systemd-run --unit sl-load --collect -p StandardOutput=file:/run/sl-load.json "
+                      f"python3 /run/sl-load.py {shlex.quote(url)} --rate {rate} --duration 900 "
+                      "--until-file /run/sl-load.stop")
+    report: dict = {}
+    try:
+        yield report
+    finally:
+        host.check_output("touch /run/sl-load.stop")
+        for _ in range(60):
+            if host.run("systemctl is-active --quiet sl-load").rc != 0:
+                break
+            time.sleep(0.5)
+        report.update(json.loads(host.check_output("cat /run/sl-load.json")))
+        host.run("rm -f /run/sl-load.py /run/sl-load.json /run/sl-load.stop")

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import yaml
-from conftest import (LAB_HOSTS, ROOT, ansible_playbook, assert_only_its_own_certificate, certificate_names,
-                      hostile)
+from conftest import (LAB_HOSTS, REPORTS, ROOT, ansible_playbook, assert_only_its_own_certificate,
+                      certificate_names, hostile, steady_load)
 
 CURRENT = "/etc/sevenleague/pki/current"
 CONFIG = "/etc/sevenleague/certificates/host.json"
@@ -127,18 +127,41 @@ def test_a_hostile_host_gets_no_certificate_for_another_hosts_names(hosts):
     assert_only_its_own_certificate(again, host, before, serial(host))
 
 
+# frontend on app1, through its Envoy and greeter's on app2 (the mesh), during the rotation.
+MESH_URL = "http://127.0.0.1:8080/?name=rotation"
+MESH_RATE = 220
+
+
 @pytest.fixture(scope="module")
 def rotation(hosts):
     before = {name: serial(host) for name, host in hosts.items()}
-    run = ansible_playbook("playbooks/rotate-certs.yml", log="rotate-certs.log")
+    with steady_load(hosts["app1.sevenleague.test"], MESH_URL, MESH_RATE) as load:
+        time.sleep(2)
+        run = ansible_playbook("playbooks/rotate-certs.yml", log="rotate-certs.log")
+        time.sleep(2)
+    (REPORTS / "rotate-certs-load.json").write_text(json.dumps(load, indent=1))
     after = {name: serial(host) for name, host in hosts.items()}
-    return before, run, after
+    return before, run, after, load
 
 
 def test_rotate_certs_changes_every_serial(rotation):
-    before, run, after = rotation
+    before, run, after, _ = rotation
     assert run.rc == 0, run.output[-3000:]
     assert all(before[name] != after[name] for name in LAB_HOSTS), (before, after)
+
+
+def test_requests_through_the_mesh_all_succeed_while_every_certificate_rotates(rotation, hosts):
+    """At least 200 requests a second from app1's frontend to greeter on app2 through both Envoys,
+    while every host (both app hosts too) gets a new key and certificate: none fails, and each
+    Envoy then serves its host's new certificate."""
+    load = rotation[3]
+    assert load["failed"] == 0, load
+    assert load["rate"] >= 200 and load["ok"] >= 200 * 20, load
+    for name in ("app1.sevenleague.test", "app2.sevenleague.test"):
+        host = hosts[name]
+        served = json.loads(host.check_output("curl -sf http://127.0.0.1:9901/certs"))
+        chain = [c["serial_number"] for cert in served["certificates"] for c in cert.get("cert_chain", [])]
+        assert chain and chain[0].lower().lstrip("0") == serial(host).lower().lstrip("0"), (name, chain)
 
 
 def test_site_right_after_a_rotation_changes_nothing(rotation):

@@ -56,6 +56,7 @@ def test_the_file_sd_targets_come_from_the_inventory(mon):
     assert node[1] == {"targets": [f"{TARGET}:9100"], "labels": {"instance": TARGET, "env": "molecule", "group": "apps"}}
     # No ca group in this inventory: the openbao job has no targets.
     assert json.loads(mon.file("/etc/prometheus/file_sd/openbao.json").content_string) == []
+    assert json.loads(mon.file("/etc/prometheus/file_sd/envoy.json").content_string) == []
 
 
 @pytest.mark.parametrize("query", [
