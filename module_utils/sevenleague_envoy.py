@@ -646,6 +646,11 @@ def _upstream_cluster(item: dict, p: dict) -> dict:
 def _local_cluster(item: dict, p: dict) -> dict:
     cluster = _static_cluster(f"local_{item['service']}", "127.0.0.1", item["port"], p["settings"], item["resilience"])
     cluster["circuit_breakers"] = _circuit_breakers(item["resilience"])
+    # Its only retries re-send, once, what never reached the app on the loopback (a burst of refused
+    # connections): no budget to hold them back below the requests themselves.
+    limits = cluster["circuit_breakers"]["thresholds"][0]
+    del limits["retry_budget"]
+    limits["max_retries"] = item["resilience"]["max_requests"]
     return cluster
 
 

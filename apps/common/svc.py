@@ -265,6 +265,9 @@ class _Server(ThreadingHTTPServer):
     # ThreadingHTTPServer's handler threads are daemons, which server_close()
     # does not wait for: in-flight requests would be cut off at exit.
     daemon_threads = False
+    # socketserver's default listen backlog is 5: a burst of new connections
+    # (every request is one, HTTP/1.0) would be refused while threads start.
+    request_queue_size = 128
 
 
 class _Server6(_Server):
