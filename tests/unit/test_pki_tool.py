@@ -836,3 +836,15 @@ def test_releases_within_one_second_do_not_collide_and_pruning_spares_current(ho
     host.current.symlink_to(f"releases/{names[0]}")
     assert tool.prune_releases(cfg) == [names[1]]
     assert host.release_names() == [names[0], names[2]]
+
+
+
+def test_a_hooks_output_goes_to_stderr_and_stdout_holds_only_the_json_answer(host):
+    """The timer's caller and the role parse the tool's stdout as JSON: whatever a reload hook
+    prints (the envoy hook reports what Envoy serves) is logged, with a priority, to the journal."""
+    installed(host, 90, due=True)
+    host.hook("70-chatty", 'echo "a hook talking on stdout"')
+    proc = host.run()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["changed"] is True
+    assert "<6>hook " in proc.stderr and "70-chatty: a hook talking on stdout" in proc.stderr
