@@ -13,7 +13,7 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 # chromium takes the system tests' picture of Prometheus's targets page.
 APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap slirp4netns \
                 openssh-client iproute2 python3-venv \
-                dpkg-dev lintian reprepro gnupg \
+                dpkg-dev lintian aptly gnupg \
                 chromium fonts-dejavu-core
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

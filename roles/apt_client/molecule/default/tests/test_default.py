@@ -4,7 +4,7 @@ refuses it the moment its metadata or key does not match."""
 import pytest
 
 LISTS = "/var/lib/apt/lists"
-DIST = "/srv/apt/dists/sevenleague"
+DIST = "/srv/apt/public/dists/sevenleague"
 
 
 def update(host):
