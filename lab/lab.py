@@ -7,7 +7,8 @@
     lab.py status   what is running
 
 Hosts, addresses, each host's Debian release (`lab_release`, default
-trixie) and the subnet come from the lab inventory, so the inventory is the
+trixie) and the subnet come from the lab inventory (every inventory file in
+inventories/lab, as Ansible reads the directory), so the inventory is the
 only list of lab hosts.  Every step checks before it acts: `up` on a running
 lab changes nothing.
 """
@@ -90,30 +91,45 @@ def host_image(release: str) -> str:
     return f"localhost/sevenleague-node:{release}"
 
 
-def lab_config() -> dict:
-    """Read hosts, their releases and the network from the lab inventory."""
-    hosts_file = INVENTORY / "hosts.yml"
+def inventory_files() -> list[Path]:
+    """The inventory files Ansible reads from the lab's inventory directory, in its order."""
+    return sorted(p for p in INVENTORY.iterdir() if p.is_file() and p.suffix in (".yml", ".yaml"))
+
+
+def lab_config(extra=()) -> dict:
+    """Read hosts, their releases and the network from the lab inventory: every inventory file
+    of inventories/lab (hosts.yml, and any file added next to it), then `extra` files."""
     lab_vars = yaml.safe_load((INVENTORY / "group_vars" / "all" / "lab.yml").read_text())
-    inv = yaml.safe_load(hosts_file.read_text())
     hosts: dict[str, str] = {}
     releases: dict[str, str] = {}
+    origin: dict[str, Path] = {}
 
-    def walk(group: dict) -> None:
+    def walk(group: dict, source: Path) -> None:
         for name, hvars in (group.get("hosts") or {}).items():
             hosts[name] = (hvars or {}).get("ansible_host", name)
             releases[name] = (hvars or {}).get("lab_release", lab_vars.get("lab_release", DEFAULT_RELEASE))
+            origin[name] = source
         for child in (group.get("children") or {}).values():
-            walk(child or {})
+            walk(child or {}, source)
 
-    walk(inv["all"])
+    for hosts_file in (*inventory_files(), *map(Path, extra)):
+        if not hosts_file.is_file():
+            sys.exit(f"lab: {hosts_file} does not exist")
+        inv = yaml.safe_load(hosts_file.read_text()) or {}
+        walk(inv.get("all") or {}, hosts_file)
+    taken: dict[str, str] = {}
+    for name, addr in hosts.items():
+        if addr in taken:
+            sys.exit(f"lab: {name} and {taken[addr]} both have ansible_host {addr}: give each its own address")
+        taken[addr] = name
     subnet = ipaddress.ip_network(lab_vars["lab_subnet"])
     for name, addr in hosts.items():
         if ipaddress.ip_address(addr) not in subnet:
             sys.exit(f"lab: {name} has ansible_host {addr}, outside lab_subnet {subnet}: "
-                     f"fix inventories/lab/hosts.yml")
+                     f"fix {origin[name]}")
         if releases[name] not in RELEASES:
             sys.exit(f"lab: {name} has lab_release {releases[name]!r}; the lab builds "
-                     f"{' and '.join(RELEASES)}: fix inventories/lab/hosts.yml")
+                     f"{' and '.join(RELEASES)}: fix {origin[name]}")
     return {"hosts": hosts, "releases": releases, "subnet": str(subnet), "network": lab_vars["lab_network"]}
 
 
@@ -322,12 +338,16 @@ def down(cfg: dict) -> None:
     # By label, so a host dropped from the inventory since `up` goes too.
     labelled = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{ .Names }}").stdout.split()
     names = sorted(set(labelled) | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))})
+    # Hosts added from another inventory file (`up -i`) are known here by their containers only.
+    removed = set(cfg["hosts"])
     for name in names:
+        hostname = podman("inspect", name, "--format", "{{ .Config.Hostname }}", check=False).stdout.strip()
+        removed.add(hostname)
         log(f"removing {name}")
         podman("rm", "-f", "-t", "5", name)
     # Facts cached from the removed containers would describe hosts that are gone.
     # (ansible-core names them <schema>_<host>.)
-    cached = [p for h in cfg["hosts"] for p in FACT_CACHE.glob(f"*{h}") if p.name.split("_", 1)[-1] == h]
+    cached = [p for h in removed if h for p in FACT_CACHE.glob(f"*{h}") if p.name.split("_", 1)[-1] == h]
     for path in (SSH_CONFIG, KNOWN_HOSTS, *cached):
         if path.exists():
             path.unlink()

@@ -32,6 +32,11 @@ import tempfile
 # Secrets the SDS files hold (written on the host by the role's sevenleague-envoy-secrets).
 HOST_SECRET = "host"
 CA_SECRET = "ca"
+# The runtime layer (file-based RTDS, rtds.yaml in the xDS directory) that drains a service on
+# this host: `sevenleague.drain.<service>: 100` makes its inbound listener answer callers' health
+# checks with 503, so their Envoys stop sending it new requests (playbooks/deploy.yml).
+RUNTIME_LAYER = "sevenleague_drain"
+DRAIN_KEY = "sevenleague.drain.{service}"
 
 # Mozilla's "intermediate" profile: TLS 1.2 and 1.3, ECDHE key exchange with AEAD ciphers only.
 # These are the TLS 1.2 suites; BoringSSL's TLS 1.3 suites are all AEAD and not configurable.
@@ -505,6 +510,12 @@ def _inbound_listener(item: dict, p: dict) -> dict:
     settings, name, res = p["settings"], item["service"], item["resilience"]
     prefix = f"inbound_{name}"
     route_config = {"name": prefix, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [{
+        # Drained (the runtime layer): callers' health checks fail, their other requests still pass.
+        "match": {"path": res["health_check_path"], "runtime_fraction": {
+            "default_value": {"numerator": 0, "denominator": "HUNDRED"},
+            "runtime_key": DRAIN_KEY.format(service=name)}},
+        "direct_response": {"status": 503, "body": {"inline_string": '{"status": "draining"}'}},
+    }, {
         "match": {"prefix": "/"},
         "route": {
             "cluster": f"local_{name}",
@@ -688,8 +699,12 @@ def _bootstrap(p: dict) -> dict:
                  "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.98}}]},
             ],
         },
-        # A static layer only: without an admin layer, /runtime_modify cannot change Envoy's behaviour.
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
+        # No admin layer, so /runtime_modify cannot change Envoy's behaviour; the drain layer is a
+        # root-owned file in the watched directory.
+        "layered_runtime": {"layers": [
+            {"name": "static", "static_layer": {}},
+            {"name": "drain", "rtds_layer": {"name": RUNTIME_LAYER, "rtds_config": path_source("rtds")}},
+        ]},
         # The default tags become Prometheus labels, e.g. envoy_http_conn_manager_prefix="inbound_<service>".
         "stats_config": {"use_all_default_tags": True},
     }
@@ -729,6 +744,34 @@ def envoy_config(services, hosts, host: str, settings) -> dict:
     return config
 
 
+def runtime_document(drained) -> dict:
+    """The drain layer's file (rtds.yaml): the services of this host that callers must avoid."""
+    layer = {DRAIN_KEY.format(service=name): 100 for name in sorted(set(drained))}
+    resource = {"@type": _type("envoy.service.runtime.v3.Runtime"), "name": RUNTIME_LAYER, "layer": layer}
+    return {"version_info": _version([resource]), "resources": [resource]}
+
+
+def rollout(services, hosts, service: str) -> dict:
+    """Who runs `service` and whose Envoys call it, for a rolling deploy.
+
+    Returns hosts (the inventory hosts running it, in inventory order), and callers: one entry
+    per host whose Envoy balances over it, with the cluster name and the endpoint ("address:port")
+    of every host running it, as that Envoy's /clusters names them.
+    """
+    services = check_services(services)
+    hosts = check_hosts(hosts, services)
+    if service not in services:
+        raise EnvoyConfigError(f"{service} is not a service of sevenleague_services: one of "
+                               f"{', '.join(sorted(services))}")
+    runners = [h for h, spec in hosts.items() if service in spec["services"]]
+    calling = [name for name, spec in services.items() if service in spec["calls"]]
+    callers = sorted({h for h, spec in hosts.items() if set(calling) & set(spec["services"])})
+    port = services[service]["mesh_port"]
+    endpoints = {h: f"{_host_address(hosts, h, f'it runs {service}')}:{port}" for h in runners}
+    return {"service": service, "hosts": runners, "callers": callers, "cluster": f"upstream_{service}",
+            "endpoints": endpoints}
+
+
 # --- validation --------------------------------------------------------------------------------
 
 def _strip_sds(node):
@@ -752,6 +795,10 @@ def validation_bootstrap(config: dict, pki_dir: str) -> dict:
     """
     bootstrap = copy.deepcopy(config["bootstrap"])
     del bootstrap["dynamic_resources"]
+    # The drain layer's file may not exist yet (the role writes it next to the others).
+    bootstrap["layered_runtime"]["layers"] = [
+        {"name": layer["name"], "static_layer": {}} if "rtds_layer" in layer else layer
+        for layer in bootstrap["layered_runtime"]["layers"]]
 
     def plain(resources: list[dict]) -> list[dict]:
         return [{k: v for k, v in _strip_sds(r).items() if k != "@type"} for r in resources]

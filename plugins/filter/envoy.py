@@ -51,6 +51,21 @@ def envoy_config(services, hostvars, names, host, settings, addresses=None) -> d
         raise AnsibleFilterError(f"envoy: {exc}") from None
 
 
+def envoy_runtime(drained) -> dict:
+    """The drain layer's file for the services in `drained`."""
+    return _generator().runtime_document(drained)
+
+
+def rollout(services, hostvars, names, service, addresses=None) -> dict:
+    """generator.rollout(): the hosts running `service` and the Envoys that call it."""
+    generator = _generator()
+    try:
+        return generator.rollout(services, inventory_hosts(hostvars, names, addresses), service)
+    except generator.EnvoyConfigError as exc:
+        raise AnsibleFilterError(f"deploy: {exc}") from None
+
+
 class FilterModule:
     def filters(self):
-        return {"sevenleague_envoy_config": envoy_config}
+        return {"sevenleague_envoy_config": envoy_config, "sevenleague_envoy_runtime": envoy_runtime,
+                "sevenleague_rollout": rollout}

@@ -296,8 +296,12 @@ def test_the_bootstrap_reads_listeners_and_clusters_from_watched_files():
     assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 268435456
     assert monitors["envoy.resource_monitors.global_downstream_max_connections"][
         "max_active_downstream_connections"] == 50000
-    # No admin layer: /runtime_modify cannot change anything.
-    assert [layer["name"] for layer in boot["layered_runtime"]["layers"]] == ["static"]
+    # No admin layer: /runtime_modify cannot change anything; the drain layer is a root-owned file.
+    layers = boot["layered_runtime"]["layers"]
+    assert [layer["name"] for layer in layers] == ["static", "drain"]
+    assert not any("admin_layer" in layer for layer in layers)
+    assert layers[1]["rtds_layer"]["rtds_config"]["path_config_source"] == {
+        "path": "/etc/envoy/xds/rtds.yaml", "watched_directory": {"path": "/etc/envoy/xds"}}
 
 
 def test_resilience_defaults_apply_and_a_service_overrides_them_for_every_caller():
@@ -550,6 +554,7 @@ def running_envoy(pki, tmp_path):
     gen.check_with_envoy(cfg["validation"], str(ENVOY))
     for kind in ("cds", "lds"):
         (xds / f"{kind}.yaml").write_text(json.dumps(cfg[kind]))
+    (xds / "rtds.yaml").write_text(json.dumps(gen.runtime_document([])))
     (tmp_path / "envoy.yaml").write_text(json.dumps(cfg["bootstrap"]))
     assert run_tool(base / "current", sds, admin).returncode == 0
     process = subprocess.Popen([str(ENVOY), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
@@ -594,3 +599,70 @@ def test_the_tool_fails_loudly_when_envoy_keeps_an_old_certificate(running_envoy
     served = secrets.served_serials(admin)
     with pytest.raises(secrets.Failure, match=rf"after 1 s Envoy still serves {served[0]} instead of 0abc"):
         secrets.wait_for_serial(admin, "0abc", timeout=1, interval=0.2)
+
+
+def _get_as(address: str, port: int, client: Path, path: str) -> tuple[int, str]:
+    """GET https://address:port/path with app1's certificate, as a caller's Envoy would."""
+    import http.client
+    import ssl
+    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
+    context.load_cert_chain(str(client / "fullchain.pem"), str(client / "key.pem"))
+    conn = http.client.HTTPSConnection(address, port, context=context, timeout=5)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+@needs_envoy
+def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(running_envoy, ca, tmp_path):
+    _, _, admin, cfg = running_envoy
+    xds = Path(cfg["bootstrap"]["layered_runtime"]["layers"][1]["rtds_layer"]["rtds_config"]
+               ["path_config_source"]["path"]).parent
+    [inbound] = [r for r in cfg["lds"]["resources"] if r["name"] == "inbound_greeter"]
+    address = inbound["address"]["socket_address"]
+    caller = tmp_path / "app1"
+    ca.issue(caller, APP1, "127.0.0.21")
+    client = caller / "current"
+
+    def drained():
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/runtime") as answer:
+            entries = json.load(answer)["entries"]
+        return entries.get("sevenleague.drain.greeter", {}).get("final_value")
+
+    def write(document):
+        temporary = xds / ".rtds.yaml.new"
+        temporary.write_text(json.dumps(document))
+        os.replace(temporary, xds / "rtds.yaml")
+
+    # Serving: the health check goes to the app (none runs here, so Envoy's own 503).
+    status, body = _get_as(address["address"], address["port_value"], client, "/healthz")
+    assert (status, "draining" in body) == (503, False)
+    write(gen.runtime_document(["greeter"]))
+    deadline = time.monotonic() + 10
+    while drained() != "100":
+        assert time.monotonic() < deadline, "Envoy did not apply the drain layer"
+        time.sleep(0.2)
+    assert _get_as(address["address"], address["port_value"], client, "/healthz") == (503, '{"status": "draining"}')
+    # Other paths still reach the app: in-flight work and late requests are not refused.
+    status, body = _get_as(address["address"], address["port_value"], client, "/hello")
+    assert "draining" not in body
+    write(gen.runtime_document([]))
+    deadline = time.monotonic() + 10
+    while drained() is not None:
+        assert time.monotonic() < deadline, "Envoy did not apply the serving layer"
+        time.sleep(0.2)
+    assert "draining" not in _get_as(address["address"], address["port_value"], client, "/healthz")[1]
+
+
+def test_the_rollout_plan_names_the_hosts_and_their_callers_endpoints():
+    hosts = {**HOSTS, "app3.sevenleague.test": {"ansible_host": "10.213.7.23", "services": ["greeter", "frontend"]}}
+    plan = gen.rollout(SERVICES, hosts, "greeter")
+    assert plan["hosts"] == [APP2, "app3.sevenleague.test"]
+    assert plan["callers"] == [APP1, "app3.sevenleague.test"] and plan["cluster"] == "upstream_greeter"
+    assert plan["endpoints"] == {APP2: "10.213.7.22:8443", "app3.sevenleague.test": "10.213.7.23:8443"}
+    with pytest.raises(gen.EnvoyConfigError, match="gretter is not a service of sevenleague_services: one of "
+                                                   "frontend, greeter"):
+        gen.rollout(SERVICES, hosts, "gretter")

@@ -70,3 +70,32 @@ def test_an_unknown_lab_release_names_the_host_and_the_fix(tmp_path, monkeypatch
     monkeypatch.setattr(lab, "INVENTORY", inventory)
     with pytest.raises(SystemExit, match="old.example has lab_release 'bullseye'; the lab builds trixie and bookworm"):
         lab.lab_config()
+
+
+def _lab_inventory(tmp_path, monkeypatch, **files):
+    inventory = tmp_path / "lab"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    (inventory / "group_vars" / "all" / "lab.yml").write_text("lab_network: n\nlab_subnet: 10.0.0.0/24\n")
+    for name, text in files.items():
+        (inventory / name.replace("_", ".")).write_text(text)
+    monkeypatch.setattr(lab, "INVENTORY", inventory)
+
+
+def test_every_inventory_file_of_the_directory_adds_its_hosts(tmp_path, monkeypatch):
+    """As Ansible reads a directory: a host added in a file of its own is a lab host too."""
+    _lab_inventory(tmp_path, monkeypatch,
+                   hosts_yml="all:\n  hosts:\n    a.example:\n      ansible_host: 10.0.0.5\n",
+                   added_yml="all:\n  children:\n    apps:\n      hosts:\n        b.example:\n"
+                             "          ansible_host: 10.0.0.6\n          lab_release: bookworm\n",
+                   notes_txt="not an inventory file\n")
+    cfg = lab.lab_config()
+    assert cfg["hosts"] == {"b.example": "10.0.0.6", "a.example": "10.0.0.5"}
+    assert cfg["releases"] == {"a.example": "trixie", "b.example": "bookworm"}
+
+
+def test_a_host_on_a_taken_address_is_refused_naming_both(tmp_path, monkeypatch):
+    _lab_inventory(tmp_path, monkeypatch,
+                   hosts_yml="all:\n  hosts:\n    a.example:\n      ansible_host: 10.0.0.5\n",
+                   twin_yml="all:\n  hosts:\n    twin.example:\n      ansible_host: 10.0.0.5\n")
+    with pytest.raises(SystemExit, match="twin.example and a.example both have ansible_host 10.0.0.5"):
+        lab.lab_config()

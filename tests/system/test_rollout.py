@@ -1,0 +1,197 @@
+"""Growing the fleet and rolling a service out, on the lab.
+
+A third app host running greeter joins the lab inventory (a file of its own next to hosts.yml, as
+Ansible reads the whole directory): the lab tool starts it, site.yml converges the fleet with it, and frontend's Envoy on app1 sends it requests without a
+restart. Then greeter, now on app2 and app3, is rolled out with playbooks/deploy.yml while a client
+on app1 sends frontend (which calls greeter through the mesh) over 200 requests a second: a good
+version, a broken one (its health fails, so the first host rolls back and the second is left
+alone), and a rollback. Runs last (file order): it takes app3 out of the inventory and the lab
+again, and the next site.yml takes it out of its peers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+from conftest import REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, steady_load
+
+APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
+ADDED = ROOT / "inventories" / "lab" / "hosts_app3.test.yml"
+ADDED_HOST = """\
+---
+# Added by tests/system/test_rollout.py for its run.
+all:
+  children:
+    apps:
+      hosts:
+        app3.sevenleague.test:
+          ansible_host: 10.213.7.23
+          services: [greeter]
+"""
+URL = "http://127.0.0.1:8080/?name=rollout"
+RATE = 220
+PINNED = "1.1.0-1"
+GOOD, BROKEN = "1.1.0+rollout1-1", "1.1.0+rollout2-1"
+# Fixed timestamps, so a rerun on the same lab builds the same bytes and publishing them changes nothing.
+EPOCH = 1_780_000_000
+
+
+def greeter_release(workdir: Path, version: str, broken: bool = False) -> Path:
+    """greeter as built for the lab, at another version; `broken` turns the app's fault switch on by
+    default, so its /healthz answers 503, the way a bad release fails."""
+    [deb] = (ROOT / "build" / "debs").glob(f"greeter_{PINNED}_all.deb")
+    tree = workdir / f"tree-{version}"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M))
+    if broken:
+        svc = tree / "usr" / "lib" / "greeter" / "svc.py"
+        text = svc.read_text()
+        assert '"fault_healthz": False' in text
+        svc.write_text(text.replace('"fault_healthz": False', '"fault_healthz": True'))
+        md5 = subprocess.run(["md5sum", "usr/lib/greeter/svc.py"], cwd=tree, check=True, capture_output=True,
+                             text=True).stdout
+        sums = tree / "DEBIAN" / "md5sums"
+        sums.write_text(re.sub(r"^\S+  usr/lib/greeter/svc\.py\n", md5, sums.read_text(), flags=re.M))
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+    out = workdir / f"greeter_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True,
+                   capture_output=True, env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)))
+    return out
+
+
+def deploy(version: str, *extra: str, log: str):
+    return ansible_playbook("playbooks/deploy.yml", "-e", "service=greeter", "-e", f"version={version}",
+                            *extra, log=log)
+
+
+def greeters(app1, count: int = 40) -> dict[str, int]:
+    """Which hosts answered `count` calls to frontend on app1, through its Envoy."""
+    seen: dict[str, int] = {}
+    for _ in range(count):
+        answer = json.loads(app1.check_output(f"curl -sf --max-time 5 '{URL}'"))
+        seen[answer["greeter"]["host"]] = seen.get(answer["greeter"]["host"], 0) + 1
+    return seen
+
+
+def started_at(host, unit: str) -> str:
+    return host.check_output(f"systemctl show {unit} -p ActiveEnterTimestampMonotonic --value")
+
+
+@pytest.fixture(scope="module")
+def grown(hosts):
+    """The lab with app3: the container started by the lab tool, then site.yml with both inventories."""
+    app1 = hosts[APP1]
+    envoy_pid = app1.check_output("systemctl show envoy -p MainPID --value")
+    ADDED.write_text(ADDED_HOST)
+    subprocess.run([sys.executable, str(ROOT / "lab" / "lab.py"), "up"], check=True, capture_output=True)
+    run = ansible_playbook("site.yml", log="site-grown.log")
+    app3 = testinfra.get_host(f"ssh://{APP3}", ssh_config=str(SSH_CONFIG))
+    try:
+        yield {"run": run, "envoy_pid": envoy_pid, APP3: app3, **hosts}
+    finally:
+        ADDED.unlink(missing_ok=True)
+        subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-O", "exit", APP3], capture_output=True)
+        lab.podman("rm", "-f", "-t", "5", lab.container_name(APP3), check=False)
+
+
+def test_an_added_host_converges_and_frontends_envoy_sends_it_requests_without_a_restart(grown):
+    assert grown["run"].rc == 0, grown["run"].output[-3000:]
+    assert grown["run"].recap[APP3]["failed"] == 0
+    app1 = grown[APP1]
+    # The same Envoy process: the new upstream came through its watched files.
+    assert app1.check_output("systemctl show envoy -p MainPID --value") == grown["envoy_pid"]
+    seen = greeters(app1)
+    assert seen.get(APP3, 0) > 0 and seen.get(APP2, 0) > 0, seen
+
+
+@pytest.fixture(scope="module")
+def published(grown, tmp_path_factory):
+    """The good and the broken release in the repository, next to the pinned one."""
+    workdir = tmp_path_factory.mktemp("releases")
+    debs = [str(greeter_release(workdir, GOOD)), str(greeter_release(workdir, BROKEN, broken=True))]
+    run = ansible_playbook("playbooks/publish.yml", "-e", json.dumps({"apt_repo_publish_debs": debs}),
+                           log="publish-rollout.log")
+    assert run.rc == 0, run.output[-3000:]
+    return grown
+
+
+def versions(state) -> dict[str, str]:
+    return {name: state[name].package("greeter").version for name in (APP2, APP3)}
+
+
+def test_an_unknown_version_stops_before_any_change(published):
+    before = versions(published)
+    run = deploy("9.9.9-1", log="deploy-unknown.log")
+    assert run.rc != 0
+    assert "greeter 9.9.9-1 is not in the repository" in run.output
+    assert versions(published) == before
+
+
+def test_check_mode_says_what_would_change_and_changes_nothing(published):
+    run = deploy(GOOD, "--check", log="deploy-check.log")
+    assert run.rc == 0, run.output[-3000:]
+    for name in (APP2, APP3):
+        assert f"greeter on {name}: {PINNED} -> {GOOD}" in run.output
+    assert versions(published) == {APP2: PINNED, APP3: PINNED}
+    assert "draining" not in published[APP2].check_output("cat /etc/envoy/xds/rtds.yaml")
+
+
+def test_a_host_that_is_down_stops_the_rollout_before_it_starts(published):
+    with stopped(APP3):
+        run = deploy(GOOD, log="deploy-host-down.log")
+    assert run.rc != 0
+    assert f"{APP3} did not answer" in run.output and "nothing was deployed" in run.output
+    assert versions(published) == {APP2: PINNED, APP3: PINNED}
+
+
+def rollout(state, version: str, log: str, *extra: str):
+    with steady_load(state[APP1], URL, RATE) as load:
+        time.sleep(2)
+        run = deploy(version, *extra, log=log)
+        time.sleep(2)
+    (REPORTS / f"{log}.load.json").write_text(json.dumps(load, indent=1))
+    return run, load
+
+
+def assert_no_failed_request(load):
+    assert load["failed"] == 0 and load["sent"] >= RATE * 20, load
+
+
+def test_a_good_version_rolls_out_under_load_with_no_failed_request(published):
+    run, load = rollout(published, GOOD, "deploy-good.log")
+    assert run.rc == 0, run.output[-3000:]
+    assert versions(published) == {APP2: GOOD, APP3: GOOD}
+    assert_no_failed_request(load)
+    for name in (APP2, APP3):
+        fact = json.loads(published[name].check_output("cat /etc/ansible/facts.d/app.fact"))
+        assert fact["greeter"]["version"] == GOOD, fact
+    assert sorted(greeters(published[APP1], 20)) == [APP2, APP3]
+
+
+def test_a_broken_version_rolls_back_on_the_first_host_and_leaves_the_second_alone(published):
+    app3_started = started_at(published[APP3], "greeter")
+    run, load = rollout(published, BROKEN, "deploy-broken.log", "-e", "deploy_health_timeout=10")
+    assert run.rc != 0
+    assert f"Deploying greeter {BROKEN} failed on {APP2}" in run.output, run.output[-3000:]
+    assert f"{APP2} is back on {GOOD}" in run.output
+    assert versions(published) == {APP2: GOOD, APP3: GOOD}
+    assert started_at(published[APP3], "greeter") == app3_started
+    assert_no_failed_request(load)
+    assert sorted(greeters(published[APP1], 20)) == [APP2, APP3]
+
+
+def test_a_rollback_is_a_deploy_of_the_previous_version(published):
+    run, load = rollout(published, PINNED, "deploy-rollback.log")
+    assert run.rc == 0, run.output[-3000:]
+    assert versions(published) == {APP2: PINNED, APP3: PINNED}
+    assert_no_failed_request(load)
