@@ -17,7 +17,7 @@ APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap sl
                 chromium fonts-dejavu-core
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status site lint test test-unit test-role test-system clean
+.PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status bootstrap site lint test test-unit test-role test-system clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ lab-down: deps ## remove the lab's containers and network, nothing else
 
 lab-status: deps ## list the lab hosts and their state
 	$(PY) lab/lab.py status
+
+bootstrap: deps ## make a bare Debian host of the inventory manageable (pyinfra): make bootstrap HOST=<name>
+	@test -n "$(HOST)" || { echo "usage: make bootstrap HOST=<inventory name>"; exit 2; }
+	$(PY) bootstrap/bootstrap.py $(HOST)
 
 site: lab-up ## bring up the lab and converge site.yml on it
 	ansible-playbook site.yml

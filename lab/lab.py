@@ -7,7 +7,8 @@
     lab.py status   what is running
 
 Hosts, addresses, each host's Debian release (`lab_release`, default
-trixie) and the subnet come from the lab inventory (every inventory file in
+trixie), its image (`lab_image: bare` starts it without Python, for the
+pyinfra bootstrap) and the subnet come from the lab inventory (every inventory file in
 inventories/lab, as Ansible reads the directory), so the inventory is the
 only list of lab hosts.  Every step checks before it acts: `up` on a running
 lab changes nothing.
@@ -91,6 +92,15 @@ def host_image(release: str) -> str:
     return f"localhost/sevenleague-node:{release}"
 
 
+def bare_image(release: str) -> str:
+    """The host image without Python (`lab_image: bare`), for the pyinfra bootstrap."""
+    return f"localhost/sevenleague-bare:{release}"
+
+
+# What a host's `lab_image` may name: the image Ansible manages as it is, or a bare one.
+IMAGES = ("node", "bare")
+
+
 def inventory_files() -> list[Path]:
     """The inventory files Ansible reads from the lab's inventory directory, in its order."""
     return sorted(p for p in INVENTORY.iterdir() if p.is_file() and p.suffix in (".yml", ".yaml"))
@@ -102,12 +112,14 @@ def lab_config(extra=()) -> dict:
     lab_vars = yaml.safe_load((INVENTORY / "group_vars" / "all" / "lab.yml").read_text())
     hosts: dict[str, str] = {}
     releases: dict[str, str] = {}
+    images: dict[str, str] = {}
     origin: dict[str, Path] = {}
 
     def walk(group: dict, source: Path) -> None:
         for name, hvars in (group.get("hosts") or {}).items():
             hosts[name] = (hvars or {}).get("ansible_host", name)
             releases[name] = (hvars or {}).get("lab_release", lab_vars.get("lab_release", DEFAULT_RELEASE))
+            images[name] = (hvars or {}).get("lab_image", IMAGES[0])
             origin[name] = source
         for child in (group.get("children") or {}).values():
             walk(child or {}, source)
@@ -130,7 +142,11 @@ def lab_config(extra=()) -> dict:
         if releases[name] not in RELEASES:
             sys.exit(f"lab: {name} has lab_release {releases[name]!r}; the lab builds "
                      f"{' and '.join(RELEASES)}: fix {origin[name]}")
-    return {"hosts": hosts, "releases": releases, "subnet": str(subnet), "network": lab_vars["lab_network"]}
+        if images[name] not in IMAGES:
+            sys.exit(f"lab: {name} has lab_image {images[name]!r}, not one of {', '.join(IMAGES)}: "
+                     f"fix {origin[name]}")
+    return {"hosts": hosts, "releases": releases, "images": images, "subnet": str(subnet),
+            "network": lab_vars["lab_network"]}
 
 
 def container_name(host: str) -> str:
@@ -185,6 +201,19 @@ def build_release_images(release: str, rebuild: bool) -> None:
         log(f"building {host}")
         podman("build", "--build-arg", f"RELEASE={release}", "--label", f"io.sevenleague.context={digest}",
                "-t", host, "-f", str(LAB / "Containerfile"), str(LAB), capture=False)
+
+
+def build_bare_image(release: str, rebuild: bool = False) -> str:
+    """The host image of `release` without Python; built when a host asks for it."""
+    build_release_images(release, rebuild)
+    bare, host = bare_image(release), host_image(release)
+    digest = (hashlib.sha256((LAB / "Containerfile.bare").read_bytes()).hexdigest()[:16]
+              + podman("image", "inspect", host, "--format", "{{ .Id }}").stdout.strip()[:12])
+    if rebuild or image_label(bare, "io.sevenleague.context") != digest:
+        log(f"building {bare}")
+        podman("build", "--build-arg", f"RELEASE={release}", "--label", f"io.sevenleague.context={digest}",
+               "-t", bare, "-f", str(LAB / "Containerfile.bare"), str(LAB), capture=False)
+    return bare
 
 
 def build_base_image(release: str, rebuild: bool = False) -> str:
@@ -292,12 +321,14 @@ def up(cfg: dict) -> None:
                 podman("start", name)
         else:
             release = cfg["releases"][host]
-            log(f"creating {name} ({host}, {addr}, Debian {release})")
+            bare = cfg["images"][host] == "bare"
+            image = build_bare_image(release) if bare else host_image(release)
+            log(f"creating {name} ({host}, {addr}, Debian {release}{', bare: no Python' if bare else ''})")
             podman("run", "-d", "--name", name, "--hostname", host,
                    "--network", cfg["network"], "--ip", addr, "--label", LABEL,
                    *[f"--cap-add={c}" for c in CAPS + RELEASE_CAPS.get(release, [])],
                    "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
-                   host_image(release), "/sbin/init")
+                   image, "/sbin/init")
         authorize_key(name, pubkey)
     write_known_hosts(cfg)
     for host, addr in cfg["hosts"].items():

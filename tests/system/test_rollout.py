@@ -1,12 +1,13 @@
-"""Growing the fleet and rolling a service out, on the lab.
+"""Growing the fleet, rolling a service out, and shrinking it again, on the lab.
 
 A third app host running greeter joins the lab inventory (a file of its own next to hosts.yml, as
-Ansible reads the whole directory): the lab tool starts it, site.yml converges the fleet with it, and frontend's Envoy on app1 sends it requests without a
-restart. Then greeter, now on app2 and app3, is rolled out with playbooks/deploy.yml while a client
-on app1 sends frontend (which calls greeter through the mesh) over 200 requests a second: a good
-version, a broken one (its health fails, so the first host rolls back and the second is left
-alone), and a rollback. Runs last (file order): it takes app3 out of the inventory and the lab
-again, and the next site.yml takes it out of its peers.
+Ansible reads the whole directory): the lab tool starts it from an image without Python, the pyinfra
+bootstrap makes it manageable, site.yml converges the fleet with it, and frontend's Envoy on app1
+sends it requests without a restart. Then greeter, now on app2 and app3, is rolled out with
+playbooks/deploy.yml while a client on app1 sends frontend (which calls greeter through the mesh)
+over 200 requests a second: a good version, a broken one (its health fails, so the first host rolls
+back and the second is left alone), and a rollback. Last, app3 leaves the inventory and site.yml
+takes it out of every peer. Runs last (file order).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, steady_load
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, steady_load
+from test_pki import CONFIG as PKI_CONFIG
+from test_pki import renewal_roles
 
 APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
+MONITOR = "mon1.sevenleague.test"
 ADDED = ROOT / "inventories" / "lab" / "hosts_app3.test.yml"
 ADDED_HOST = """\
 ---
@@ -34,6 +38,7 @@ all:
       hosts:
         app3.sevenleague.test:
           ansible_host: 10.213.7.23
+          lab_image: bare
           services: [greeter]
 """
 URL = "http://127.0.0.1:8080/?name=rollout"
@@ -94,17 +99,28 @@ def grown(hosts):
     envoy_pid = app1.check_output("systemctl show envoy -p MainPID --value")
     ADDED.write_text(ADDED_HOST)
     subprocess.run([sys.executable, str(ROOT / "lab" / "lab.py"), "up"], check=True, capture_output=True)
-    run = ansible_playbook("site.yml", log="site-grown.log")
+    bare = lab.podman("exec", lab.container_name(APP3), "sh", "-c", "command -v python3", check=False).returncode != 0
+    bootstrap = subprocess.run([sys.executable, str(ROOT / "bootstrap" / "bootstrap.py"), APP3], cwd=ROOT,
+                               capture_output=True, text=True)
+    (REPORTS / "bootstrap-app3.log").write_text(bootstrap.stdout + bootstrap.stderr)
+    run = ansible_playbook("site.yml", log="site-grown.log") if bootstrap.returncode == 0 else None
     app3 = testinfra.get_host(f"ssh://{APP3}", ssh_config=str(SSH_CONFIG))
     try:
-        yield {"run": run, "envoy_pid": envoy_pid, APP3: app3, **hosts}
+        yield {"run": run, "bare": bare, "bootstrap": bootstrap, "envoy_pid": envoy_pid, APP3: app3, **hosts}
     finally:
         ADDED.unlink(missing_ok=True)
         subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-O", "exit", APP3], capture_output=True)
         lab.podman("rm", "-f", "-t", "5", lab.container_name(APP3), check=False)
 
 
+def test_a_bare_host_is_bootstrapped_with_pyinfra(grown):
+    assert grown["bare"], "app3 started with python3: the lab did not use the bare image"
+    assert grown["bootstrap"].returncode == 0, grown["bootstrap"].stdout[-3000:] + grown["bootstrap"].stderr
+    assert grown[APP3].run("python3 -c 'import apt'").rc == 0
+
+
 def test_an_added_host_converges_and_frontends_envoy_sends_it_requests_without_a_restart(grown):
+    assert grown["run"] is not None, "the bootstrap failed, so site.yml did not run"
     assert grown["run"].rc == 0, grown["run"].output[-3000:]
     assert grown["run"].recap[APP3]["failed"] == 0
     app1 = grown[APP1]
@@ -195,3 +211,27 @@ def test_a_rollback_is_a_deploy_of_the_previous_version(published):
     assert run.rc == 0, run.output[-3000:]
     assert versions(published) == {APP2: PINNED, APP3: PINNED}
     assert_no_failed_request(load)
+
+
+def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published):
+    """app3 leaves the inventory (its container keeps running, as a host that was not wiped): one
+    site.yml later no peer routes to it, scrapes it, admits it or lets it renew its certificate."""
+    ADDED.unlink()
+    run = ansible_playbook("site.yml", log="site-shrunk.log")
+    assert run.rc == 0, run.output[-3000:]
+    assert APP3 not in run.recap
+    address = "10.213.7.23"
+    for name in LAB_HOSTS:
+        host = published[name]
+        # Configuration written from the inventory: Envoy's xDS, firewall sets, scrape targets,
+        # the aggregator's sender table.
+        stale = host.run(f"grep -rlIF -e {address} -e {APP3} /etc")
+        assert stale.stdout.strip() == "", (name, stale.stdout)
+        assert address not in host.check_output("nft list ruleset"), name
+    assert address not in published[APP1].check_output("curl -sf http://127.0.0.1:9901/clusters")
+    assert greeters(published[APP1], 20) == {APP2: 20}
+    targets = json.loads(published[MONITOR].check_output("curl -sf http://127.0.0.1:9090/api/v1/targets"))
+    assert not [t for t in targets["data"]["activeTargets"] if address in t["scrapeUrl"]]
+    assert f"renew-{APP3}" not in renewal_roles()
+    refused = published[APP3].run(f"sevenleague-pki renew --force --config {PKI_CONFIG}")
+    assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
