@@ -232,7 +232,8 @@ def stopped(name: str):
         yield
     finally:
         lab.podman("start", lab.container_name(name))
-        lab.wait_for_ssh(name, LAB_HOSTS[name])
+        # Read now: a test may have added the host to the inventory after the session started.
+        lab.wait_for_ssh(name, lab.lab_config()["hosts"][name])
         _close_ssh_master(name)
 
 

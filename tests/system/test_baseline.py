@@ -36,12 +36,6 @@ def test_second_site_run_changes_nothing(converged):
     assert changed == {}, f"second run changed: {changed}; see .cache/reports/site-2-ansible-runner.log"
 
 
-def test_check_mode_on_the_converged_fleet_is_clean(converged):
-    run = ansible_playbook("site.yml", "--check", log="site-check.log")
-    assert run.rc == 0, run.output[-3000:]
-    assert all(r["changed"] == 0 for r in run.recap.values()), run.recap
-
-
 @pytest.mark.parametrize(("extra", "message"), [
     ('{"common_sshd_allowed_sources": "10.0.0.0/8"}',
      "common_sshd_allowed_sources must be a list, but is the string '10.0.0.0/8'"),

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import testinfra
 from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, steady_load
-from test_pki import CONFIG as PKI_CONFIG
 from test_pki import renewal_roles
 
 APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
@@ -126,7 +125,10 @@ def test_an_added_host_converges_and_frontends_envoy_sends_it_requests_without_a
     app1 = grown[APP1]
     # The same Envoy process: the new upstream came through its watched files.
     assert app1.check_output("systemctl show envoy -p MainPID --value") == grown["envoy_pid"]
-    seen = greeters(app1)
+    # Envoy sends a new endpoint requests once its first health check passes (every 5 s).
+    deadline, seen = time.monotonic() + 30, {}
+    while seen.get(APP3, 0) == 0 and time.monotonic() < deadline:
+        seen = greeters(app1, 10)
     assert seen.get(APP3, 0) > 0 and seen.get(APP2, 0) > 0, seen
 
 
@@ -159,7 +161,7 @@ def test_check_mode_says_what_would_change_and_changes_nothing(published):
     for name in (APP2, APP3):
         assert f"greeter on {name}: {PINNED} -> {GOOD}" in run.output
     assert versions(published) == {APP2: PINNED, APP3: PINNED}
-    assert "draining" not in published[APP2].check_output("cat /etc/envoy/xds/rtds.yaml")
+    assert "sevenleague.drain." not in published[APP2].check_output("cat /etc/envoy/xds/rtds.yaml")
 
 
 def test_a_host_that_is_down_stops_the_rollout_before_it_starts(published):
@@ -215,7 +217,8 @@ def test_a_rollback_is_a_deploy_of_the_previous_version(published):
 
 def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published):
     """app3 leaves the inventory (its container keeps running, as a host that was not wiped): one
-    site.yml later no peer routes to it, scrapes it, admits it or lets it renew its certificate."""
+    site.yml later no peer routes to it, scrapes it, admits it through its firewall or keeps a
+    renewal role for it."""
     ADDED.unlink()
     run = ansible_playbook("site.yml", log="site-shrunk.log")
     assert run.rc == 0, run.output[-3000:]
@@ -232,6 +235,7 @@ def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published)
     assert greeters(published[APP1], 20) == {APP2: 20}
     targets = json.loads(published[MONITOR].check_output("curl -sf http://127.0.0.1:9090/api/v1/targets"))
     assert not [t for t in targets["data"]["activeTargets"] if address in t["scrapeUrl"]]
+    # Its identity is retired: OpenBao has no renewal role for it, and its address is in no
+    # allow-list (ca1's included, checked above), so its still valid certificate renews nothing.
+    # (test_pki.py shows such a host's login refused.)
     assert f"renew-{APP3}" not in renewal_roles()
-    refused = published[APP3].run(f"sevenleague-pki renew --force --config {PKI_CONFIG}")
-    assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
