@@ -368,7 +368,11 @@ def write_ssh_config(cfg: dict) -> None:
 def down(cfg: dict) -> None:
     # By label, so a host dropped from the inventory since `up` goes too.
     labelled = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{ .Names }}").stdout.split()
-    names = sorted(set(labelled) | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))})
+    # Any other container on the lab's network would keep the network from being removed.
+    attached = (podman("ps", "-a", "--filter", f"network={cfg['network']}", "--format", "{{ .Names }}").stdout.split()
+                if exists("network", cfg["network"]) else [])
+    names = sorted(set(labelled) | set(attached)
+                   | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))})
     # Hosts added from another inventory file (`up -i`) are known here by their containers only.
     removed = set(cfg["hosts"])
     for name in names:
