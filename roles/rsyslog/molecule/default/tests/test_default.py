@@ -163,6 +163,19 @@ def _relp_probe(host, target, options=""):
                     f"-connect {target}:2514 -CAfile {CURRENT}/ca.pem {options}").stdout
 
 
+@pytest.mark.parametrize(("options", "speaks"), [
+    ("-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", True),
+    ("-tls1_3", True),
+    # The client side allows the old protocol and suites (SECLEVEL=0): only the listener refuses them.
+    ("-tls1_1 -cipher DEFAULT@SECLEVEL=0", False),
+    ("-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA@SECLEVEL=0", False),
+])
+def test_the_relp_listener_speaks_only_tls_12_and_13_with_aead_suites(aggregator, client, options, speaks):
+    answer = _relp_probe(client, address(aggregator), f"-cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem "
+                                                      f"-key {CURRENT}/key.pem {options}")
+    assert ("200 OK" in answer) is speaks, answer
+
+
 def test_the_relp_listener_serves_only_the_fleets_certificates(aggregator, client):
     target = address(aggregator)
     # s_client sends only the first certificate of -cert: the chain goes with -cert_chain.
