@@ -4,6 +4,8 @@ SHELL := /bin/bash
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# sslyze (the system tests' TLS scan) pins its own cryptography: a venv of its own.
+SSLYZE := .cache/sslyze
 # Molecule calls ansible-config from PATH; podman reads the lab's settings.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
@@ -22,7 +24,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-deps: apt-deps $(VENV)/.installed ## install the Debian packages and the Python venv
+deps: apt-deps $(VENV)/.installed $(SSLYZE)/.installed ## install the Debian packages and the Python venvs
 
 apt-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -35,6 +37,11 @@ $(VENV)/.installed: requirements.txt | apt-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(SSLYZE)/.installed: requirements-sslyze.txt | apt-deps
+	test -x $(SSLYZE)/bin/python || python3 -m venv $(SSLYZE)
+	$(SSLYZE)/bin/python -m pip install -q -r requirements-sslyze.txt
 	touch $@
 
 debs: deps ## build the app, Envoy and OpenBao packages into build/debs (reproducible)

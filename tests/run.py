@@ -167,13 +167,25 @@ def tail(log: Path, lines: int = 60) -> str:
     return "".join(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
 
+_FAILURE = re.compile(r"^(fatal: |failed: |FAILED |E   |ERROR |CRITICAL )")
+
+
+def failures(log: Path, limit: int = 60) -> str:
+    """The lines that say what failed (Ansible's fatal tasks, pytest's failed
+    tests and their assertion lines): the end of a log is often only the
+    destroy step that follows them."""
+    found = [line for line in log.read_text(errors="replace").splitlines(keepends=True) if _FAILURE.match(line)]
+    return "".join(found[:limit]) + ("[...]\n" if len(found) > limit else "")
+
+
 def molecule(role: str, scenario: str, tally: Tally, stream: bool) -> None:
     log = REPORTS / f"molecule-{role}-{scenario}.log"
     rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role,
              stream=stream)
     tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
     if rc != 0 and not stream:
-        say(f"--- molecule {role}/{scenario} failed; the end of {log.relative_to(ROOT)}:\n{tail(log)}")
+        say(f"--- molecule {role}/{scenario} failed; its failures and the end of {log.relative_to(ROOT)}:\n"
+            f"{failures(log)}{tail(log, 25)}")
     # The verify step's testinfra summary, e.g. "12 passed, 1 failed in 50s".
     summaries = _PYTEST_SUMMARY.findall(log.read_text(errors="replace"))
     if summaries:

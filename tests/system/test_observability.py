@@ -1,7 +1,7 @@
 """Logs and metrics on the lab after site.yml: every host's journal reaches the
 aggregator over RELP with mutual TLS, nothing is lost while the aggregator is
 down or while certificates rotate, and Prometheus scrapes every node_exporter
-over mutual TLS, which refuses anyone else.
+over mutual TLS (who else gets in: test_mtls.py).
 
 This file runs before the PKI's rollovers (file order), on the fleet as
 site.yml left it.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -93,29 +92,6 @@ def test_openbaos_audit_trail_reaches_the_aggregator(hosts):
     assert '"type":"response"' not in hosts["ca1.sevenleague.test"].run("tail -n 200 /var/log/syslog").stdout
 
 
-def test_the_relp_listener_serves_only_the_fleets_certificates(hosts):
-    """From a fleet host (the firewall lets it in): its own certificate gets a RELP session;
-    none, or a certificate with its name from another CA, gets no TLS session."""
-    client = hosts[CLIENT]
-    data = "relp_version=0\nrelp_software=probe\ncommands=syslog"
-    offer = f"1 open {len(data)} {data}\n"
-    probe = (f"printf '%s' {shlex.quote(offer)} | timeout 5 openssl s_client -quiet "
-             f"-connect {LAB_HOSTS[AGGREGATOR]}:2514 -CAfile {CURRENT}/ca.pem")
-    client.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
-                        f"-subj /CN={CLIENT} -addext subjectAltName=DNS:{CLIENT},IP:{LAB_HOSTS[CLIENT]} "
-                        "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
-    try:
-        accepted = client.run(f"{probe} -cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem "
-                              f"-key {CURRENT}/key.pem")
-        without = client.run(probe)
-        other_ca = client.run(f"{probe} -cert /run/sl-other-ca.pem -key /run/sl-other-ca.key")
-    finally:
-        client.run("rm -f /run/sl-other-ca.key /run/sl-other-ca.pem")
-    assert "1 rsp" in accepted.stdout, accepted.stdout + accepted.stderr
-    assert "rsp" not in without.stdout, without.stdout
-    assert "rsp" not in other_ca.stdout, other_ca.stdout
-
-
 def test_nothing_is_lost_while_the_aggregator_is_down_for_a_minute(hosts):
     """1000 numbered lines logged while the aggregator is down all arrive once it is back.
 
@@ -186,26 +162,14 @@ def test_prometheus_scrapes_openbao_and_loads_the_alert_rules(hosts):
     assert {"InstanceDown", "CertificateLifetimeLow", "OpenBaoSealed", "LogForwardingSuspended"} <= alerts
 
 
-def test_node_exporter_serves_only_the_fleets_certificates_from_the_monitoring_hosts(hosts):
-    mon, target = hosts[MONITOR], f"https://{LAB_HOSTS[CLIENT]}:9100/metrics"
-    # The trust bundle holds roots only: a client sends its intermediate with its certificate.
-    curl = f"curl -sS --max-time 10 --cacert {CURRENT}/ca.pem"
-    # The monitoring host's own certificate: served.
-    assert "node_exporter_build_info" in mon.check_output(
-        f"{curl} --cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem {target}")
-    # No client certificate: the handshake is refused.
-    assert mon.run(f"{curl} {target}").rc != 0
-    # A certificate with the same name from another CA: refused.
-    mon.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
-                     f"-subj /CN={MONITOR} -addext subjectAltName=DNS:{MONITOR},IP:{LAB_HOSTS[MONITOR]} "
-                     "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
-    try:
-        assert mon.run(f"{curl} --cert /run/sl-other-ca.pem --key /run/sl-other-ca.key {target}").rc != 0
-    finally:
-        mon.run("rm -f /run/sl-other-ca.key /run/sl-other-ca.pem")
-    # Another fleet host with a valid certificate, but not a monitoring host: the firewall drops it.
-    app1 = hosts["app1.sevenleague.test"]
-    assert app1.run(f"{curl} --connect-timeout 5 --cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem {target}").rc == 28
+def test_node_exporter_is_closed_to_fleet_hosts_that_are_not_monitoring_hosts(hosts):
+    """app1 holds a valid fleet certificate, but the firewall drops it before any TLS.
+    (Who gets in over TLS: test_mtls.py's matrix.)"""
+    target = f"https://{LAB_HOSTS[CLIENT]}:9100/metrics"
+    result = hosts["app1.sevenleague.test"].run(
+        f"curl -sS --connect-timeout 5 --cacert {CURRENT}/ca.pem --cert {CURRENT}/fullchain.pem "
+        f"--key {CURRENT}/key.pem {target}")
+    assert result.rc == 28, result.stderr
 
 
 def test_only_the_monitoring_hosts_forward_ssh_and_only_to_their_web_uis(hosts):
