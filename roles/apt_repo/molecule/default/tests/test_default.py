@@ -7,14 +7,19 @@ import socket
 import pytest
 import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 BASEDIR = "/srv/apt"
 PUBLIC = f"{BASEDIR}/public"
 GNUPGHOME = "/var/lib/apt-repo/gnupg"
 
 
 def get(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+    # Straight through podman: the ansible backend starts one `ansible` process per command.
+    return testinfra.get_host(f"podman://{name}")
+
+
+def through_ansible(name):
+    """The same host through Ansible, for running the project's own module on it."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +91,16 @@ def test_hosts_outside_the_fleet_cannot_reach_the_repository(repo_address):
         socket.create_connection((repo_address, 80), timeout=2).close()
 
 
-def publish(repo, deb):
+def publish(deb):
     """The apt_repo publish step's module, run on the repository host."""
+    repo = through_ansible("sl-molecule-repo")
     fingerprint = repo.ansible("setup", "filter=ansible_local")["ansible_facts"]["ansible_local"]["apt_repo"]["fingerprint"]
     return repo.ansible("aptly_publish", f"repo=sevenleague distribution=sevenleague gpg_key={fingerprint} "
                         f"gnupghome={GNUPGHOME} debs={deb}", check=False)
 
 
 def test_publishing_the_same_file_again_changes_nothing(repo):
-    result = publish(repo, repo_incoming(repo))
+    result = publish(repo_incoming(repo))
     assert result.get("changed") is False, result
     assert [p["action"] for p in result["packages"]] == ["unchanged"]
 
@@ -105,7 +111,7 @@ def test_a_changed_file_with_a_published_version_is_refused(repo):
         f"rm -rf /tmp/rebuild && dpkg-deb -R {deb} /tmp/rebuild && echo '# changed' >> /tmp/rebuild/usr/lib/greeter/greeter.py"
         f" && dpkg-deb --root-owner-group --build /tmp/rebuild /tmp/greeter-changed.deb")
     assert rebuilt.rc == 0, rebuilt.stderr
-    result = publish(repo, "/tmp/greeter-changed.deb")
+    result = publish("/tmp/greeter-changed.deb")
     # testinfra hands back the module's result; the refusal is its message.
     assert "already published from a different file" in result.get("msg", ""), result
     assert "raise the version" in result["msg"]
@@ -121,7 +127,7 @@ def test_every_published_version_stays_installable(repo, client, greeter_version
         f" && sed -i 's/^Version: .*/Version: {newer}/' /tmp/newer/DEBIAN/control"
         f" && dpkg-deb --root-owner-group --build /tmp/newer /tmp/greeter_{newer}_all.deb")
     assert rebuilt.rc == 0, rebuilt.stderr
-    result = publish(repo, f"/tmp/greeter_{newer}_all.deb")
+    result = publish(f"/tmp/greeter_{newer}_all.deb")
     assert result.get("changed") is True and result["snapshot"] != result["previous_snapshot"], result
     assert result["previous_snapshot"] in repo.check_output("aptly snapshot list -raw").split()
     client.run("apt-get update -qq")

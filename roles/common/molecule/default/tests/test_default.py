@@ -7,6 +7,11 @@ import subprocess
 
 import pytest
 
+# Commands go straight to the containers through podman, not through one
+# `ansible` process per command (Molecule's default for testinfra), which made
+# this step minutes long.
+testinfra_hosts = ["podman://sl-molecule-common", "podman://sl-molecule-common12"]
+
 
 @pytest.fixture(scope="module")
 def address(host):

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Commands go straight to the containers through podman, not through one
+# `ansible` process per command (Molecule's default for testinfra), which made
+# this step minutes long.
+testinfra_hosts = ["podman://sl-molecule-pki"]
+
 BASE = "/etc/sevenleague/pki"
 CURRENT = f"{BASE}/current"
 
