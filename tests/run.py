@@ -137,17 +137,23 @@ def pytest_level(name: str, args: list[str], tally: Tally, stream: bool = True) 
         tally.add(f"{name}: pytest run (exit {rc})", False)
 
 
-def lint(tally: Tally) -> None:
-    tally.add("lint: yamllint", run([str(VENV_BIN / "yamllint"), "--strict", "."]) == 0)
-    tally.add("lint: ansible-lint (production profile)",
-              run([str(VENV_BIN / "ansible-lint"), "--profile", "production"]) == 0)
+def lint(tally: Tally, stream: bool = True) -> None:
+    for name, cmd in (("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
+                      ("ansible-lint (production profile)", [str(VENV_BIN / "ansible-lint"), "--profile", "production"])):
+        log = REPORTS / f"lint-{name.split()[0]}.log"
+        ok = run(cmd, log=log, stream=stream) == 0
+        tally.add(f"lint: {name}", ok)
+        if not ok and not stream:
+            say(f"--- lint: {name} failed; the end of {log.relative_to(ROOT)}:\n{tail(log, 40)}")
 
 
-def unit(tally: Tally, jobs: int) -> None:
+def unit(tally: Tally, jobs: int, stream: bool = True) -> None:
     # One test file per worker process: a file's fixtures (a built package
     # set, an OpenBao dev server) are made once.
     parallel = ["-n", str(jobs), "--dist", "loadfile"] if jobs > 1 else []
-    pytest_level("unit", [*parallel, "tests/unit"], tally)
+    pytest_level("unit", [*parallel, "tests/unit"], tally, stream=stream)
+    if not stream and (REPORTS / "unit.log").exists():
+        say(f"--- unit: the end of .cache/reports/unit.log:\n{tail(REPORTS / 'unit.log', 15)}")
 
 
 def scenarios(roles: list[str] | None) -> list[tuple[str, str]]:
@@ -285,16 +291,21 @@ def main() -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
     tally = Tally()
     started = time.monotonic()
-    if args.level in ("lint", "all"):
+    whole = args.level == "all" and args.jobs > 1
+    if args.level == "lint" or (args.level == "all" and not whole):
         banner("lint")
         timed(tally, "lint", lint, tally)
-    if args.level in ("unit", "all"):
+    if args.level == "unit" or (args.level == "all" and not whole):
         banner("unit")
         timed(tally, "unit", unit, tally, args.jobs)
     jobs = []
     if args.level in ("system", "all"):
-        # The longest job starts first, so the scenarios fill the other slot.
+        # The longest job starts first, so the others fill the other slot.
         jobs.append(("system", system, (tally,)))
+    if whole:
+        # Lint and unit go in the pool beside the system level, which sets the
+        # run's length; the unit tests then run in one process.
+        jobs += [("lint", lint, (tally,)), ("unit", unit, (tally, 1))]
     if args.level in ("roles", "all"):
         todo = scenarios(args.roles or None)
         if args.roles and not todo:
