@@ -132,6 +132,24 @@ def test_an_added_host_converges_and_frontends_envoy_sends_it_requests_without_a
     assert seen.get(APP3, 0) > 0 and seen.get(APP2, 0) > 0, seen
 
 
+def test_prometheus_scrapes_an_added_host_and_its_logs_reach_the_aggregator(grown):
+    app3, mon = grown[APP3], grown[MONITOR]
+    tag = f"sl-grown-{os.getpid()}"
+    app3.check_output(f"logger -t {tag} 'n=1 from the added host'")
+    aggregator = grown["logs1.sevenleague.test"]
+    deadline, line, up = time.monotonic() + 90, "", {}
+    while time.monotonic() < deadline:
+        line = aggregator.run(f"cat /var/log/hosts/{APP3}/{tag}.log 2>/dev/null").stdout
+        targets = json.loads(mon.check_output("curl -sf 'http://127.0.0.1:9090/api/v1/targets?state=active'"))
+        up = {t["labels"]["job"]: t["health"] for t in targets["data"]["activeTargets"]
+              if t["labels"].get("instance") == APP3}
+        if "n=1 from the added host" in line and up.get("node") == "up" and up.get("envoy") == "up":
+            break
+        time.sleep(5)
+    assert "n=1 from the added host" in line, "app3's line did not reach the aggregator under its name"
+    assert up.get("node") == "up" and up.get("envoy") == "up", up
+
+
 @pytest.fixture(scope="module")
 def published(grown, tmp_path_factory):
     """The good and the broken release in the repository, next to the pinned one."""
