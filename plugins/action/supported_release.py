@@ -8,6 +8,9 @@ written once per role and the refusal reads the same everywhere:
     - name: Assert the host runs a supported Debian release
       supported_release:
 
+Outside a role (site.yml's preflight, before any role runs) ``meta_file``
+names the role metadata to read.
+
 The release comes from the gathered facts.  A host could lie about it, but
 only to get the configuration of another supported release: it decides which
 per-release variables a role loads on that host, never what the host is
@@ -28,7 +31,10 @@ short_description: Fail unless the host runs a Debian release the role's meta/ma
 description:
   - Reads C(galaxy_info.platforms) of the running role's C(meta/main.yml) and compares the
     host's gathered C(distribution) and C(distribution_release) facts with it.
-options: {}
+options:
+  meta_file:
+    description: The C(meta/main.yml) to read; the running role's when omitted.
+    type: path
 """
 
 # Debian's release numbers, for messages that name both.
@@ -66,9 +72,14 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         role = self._task._role
-        if role is None:
-            raise AnsibleActionFail("supported_release runs inside a role: it reads the role's meta/main.yml")
-        meta_file = os.path.join(role._role_path, "meta", "main.yml")
+        meta_file = self._task.args.get("meta_file")
+        if meta_file:
+            role_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(meta_file))))
+        elif role is None:
+            raise AnsibleActionFail("supported_release outside a role needs meta_file: the meta/main.yml to read")
+        else:
+            meta_file = os.path.join(role._role_path, "meta", "main.yml")
+            role_name = role.get_name()
         with open(meta_file, encoding="utf-8") as handle:
             platforms = supported(yaml.safe_load(handle))
         if not platforms:
@@ -77,7 +88,7 @@ class ActionModule(ActionBase):
         if "distribution" not in facts:
             raise AnsibleActionFail("the host's facts are missing: the play needs gather_facts "
                                     "(at least the distribution subset) before this role")
-        problem = check(facts, platforms, role.get_name(), task_vars.get("inventory_hostname", "the host"))
+        problem = check(facts, platforms, role_name, task_vars.get("inventory_hostname", "the host"))
         if problem:
             raise AnsibleActionFail(problem)
         result.update(changed=False, release=facts["distribution_release"],

@@ -51,14 +51,46 @@ class PlaybookRun:
                 for host, ok, changed, unreach, failed in _RECAP.findall(self.output)}
 
 
-def ansible_playbook(*args: str, log: str, env: dict | None = None) -> PlaybookRun:
+def _playbook_env(env: dict | None) -> dict:
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", **(env or {}))
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    return env
+
+
+def ansible_playbook(*args: str, log: str, env: dict | None = None) -> PlaybookRun:
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT,
+                          env=_playbook_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=1800)
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / log).write_text(proc.stdout)
     return PlaybookRun(proc.returncode, proc.stdout)
+
+
+class RunningPlaybook:
+    """ansible-playbook started in the background, its output going to .cache/reports/`log`, so a
+    test can act in the middle of a run (`wait_for` a line, then break something) and `finish` it."""
+
+    def __init__(self, *args: str, log: str, env: dict | None = None):
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        self.log = REPORTS / log
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT,
+                                         env=_playbook_env(env), stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_for(self, text: str, timeout: float = 900) -> bool:
+        """True once `text` is in the output; False if the run ended or `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace"):
+                return True
+            if self.proc.poll() is not None:
+                return text in self.log.read_text(errors="replace")
+            time.sleep(0.5)
+        return False
+
+    def finish(self) -> PlaybookRun:
+        rc = self.proc.wait(timeout=1800)
+        return PlaybookRun(rc, self.log.read_text(errors="replace"))
 
 
 def project_copy(dest: Path) -> None:

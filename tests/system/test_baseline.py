@@ -48,8 +48,9 @@ def test_wrong_variable_type_fails_before_any_host_changes(converged, extra, mes
     assert run.rc != 0
     assert message in run.output
     assert set(LAB_HOSTS) <= set(run.recap)
-    # Nothing ran on any host: the preflight play's first task failed everywhere.
-    assert all(r["ok"] == 0 and r["changed"] == 0 for r in run.recap.values()), run.recap
+    # Nothing changed on any host: the run stopped in the preflight's checks, on every host.
+    assert all(r["failed"] == 1 and r["changed"] == 0 for r in run.recap.values()), run.recap
+    assert "PLAY [Baseline for every host]" not in run.output
 
 
 def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path):

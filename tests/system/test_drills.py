@@ -1,5 +1,9 @@
 """Fault drills on the lab (docs/operations.md has what an operator does in each).
 
+A host lost in the middle of site.yml: the run names it, every other host
+completes every layer, and a rerun heals the lost host and changes nothing on
+the others.
+
 OpenBao sealed after a restart: a certificate run and a host's own renewal stop
 with an error that says so and what to do, nothing on the host changes, and the
 documented unseal (the openbao playbook's init tag, with the holders'
@@ -14,10 +18,56 @@ import subprocess
 import time
 
 import pytest
-from conftest import ansible_playbook
+from conftest import RunningPlaybook, ansible_playbook, stopped
 from test_pki import CA_HOST, CONFIG, CURRENT, OPENBAO, SERVER_CA, serial
 
-APP1 = "app1.sevenleague.test"
+APP1, APP2 = "app1.sevenleague.test", "app2.sevenleague.test"
+# A file the last layer (the mesh) writes on every host, and the play the host is lost at: after
+# the repository, the CA and the certificates, before the logs, metrics, apps and mesh layers.
+LAST_LAYER_FILE = "/etc/sevenleague/pki/hooks.d/70-envoy"
+LOST_AT = "PLAY [Log shipping and aggregation]"
+
+
+@pytest.fixture(scope="module")
+def host_lost(hosts):
+    """site.yml with app2 powered off once the run reaches the logs layer, app2 booted again, then
+    site.yml once more.  Every host first loses LAST_LAYER_FILE, so the run has work on each of
+    them up to its very end."""
+    for host in hosts.values():
+        host.check_output(f"rm -f {LAST_LAYER_FILE}")
+    running = RunningPlaybook("site.yml", log="site-host-lost.log")
+    reached = running.wait_for(LOST_AT)
+    with stopped(APP2):
+        run = running.finish()
+    completed = {name: host.file(LAST_LAYER_FILE).exists for name, host in hosts.items()}
+    rerun = ansible_playbook("site.yml", log="site-after-host-lost.log")
+    greeting = hosts[APP1].run("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=drill'")
+    return {"reached": reached, "run": run, "completed": completed, "rerun": rerun, "greeting": greeting,
+            "healed": hosts[APP2].file(LAST_LAYER_FILE).exists}
+
+
+def test_a_host_lost_in_the_middle_of_site_yml_is_named_and_the_others_complete(host_lost):
+    run = host_lost["run"]
+    assert host_lost["reached"], run.output[-3000:]
+    # 4: some host was unreachable; no host failed.
+    assert run.rc == 4, run.output[-3000:]
+    assert f"fatal: [{APP2}]: UNREACHABLE!" in run.output
+    assert run.recap[APP2]["unreachable"] == 1, run.recap
+    others = {name: r for name, r in run.recap.items() if name not in (APP2, "localhost")}
+    assert others and all(r["failed"] == 0 and r["unreachable"] == 0 for r in others.values()), run.recap
+    # Every other host went through the last layer; the lost one did not get there.
+    assert host_lost["completed"] == {name: name != APP2 for name in host_lost["completed"]}
+
+
+def test_a_rerun_heals_the_lost_host_and_changes_nothing_on_the_others(host_lost):
+    rerun = host_lost["rerun"]
+    assert rerun.rc == 0, rerun.output[-3000:]
+    assert rerun.recap[APP2]["changed"] > 0, rerun.recap
+    assert all(r["changed"] == 0 for name, r in rerun.recap.items() if name != APP2), rerun.recap
+    assert host_lost["healed"]
+    greeting = host_lost["greeting"]
+    assert greeting.rc == 0, greeting.stderr
+    assert json.loads(greeting.stdout)["greeter"]["greeting"] == "Hello, drill!"
 UNSEAL_HINT = "is sealed: unseal it (see roles/openbao/README.md)"
 
 

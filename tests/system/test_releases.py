@@ -46,7 +46,7 @@ def test_site_stops_in_preflight_on_an_unsupported_release_and_changes_nothing(o
     assert run.rc != 0
     assert (f"{HOST} runs Debian 11" in run.output and "(bullseye)" in run.output
             and "supports Debian 12 (bookworm) and 13 (trixie) only" in run.output), run.output[-3000:]
-    # any_errors_fatal: no host went past the baseline's preflight.
+    # The preflight stops every host before any change (any_errors_fatal).
     assert run.recap and all(r["changed"] == 0 for r in run.recap.values()), run.recap
     assert "Write the Debian sources" not in run.output
     assert state(NAME) == old_before
