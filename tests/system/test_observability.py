@@ -1,6 +1,6 @@
 """Logs and metrics on the lab after site.yml: every host's journal reaches the
 aggregator over RELP with mutual TLS, nothing is lost while the aggregator is
-down or while certificates rotate, and Prometheus scrapes every node_exporter
+down, while its disk is full or while certificates rotate, and Prometheus scrapes every node_exporter
 over mutual TLS (who else gets in: test_mtls.py).
 
 This file runs before the PKI's rollovers (file order), on the fleet as
@@ -17,7 +17,7 @@ import subprocess
 import time
 import uuid
 
-from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, stopped
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped
 
 AGGREGATOR = "logs1.sevenleague.test"
 MONITOR = "mon1.sevenleague.test"
@@ -113,6 +113,52 @@ def test_nothing_is_lost_while_the_aggregator_is_down_for_a_minute(hosts):
         time.sleep(max(0.0, 60 - (time.monotonic() - started)))
     assert_all_arrived(hosts, tag, 1000, timeout=240)
     assert "sevenleague_rsyslog_queue_size" in queued
+
+
+# The lab's rsyslog_aggregator_min_free_mb (inventories/lab/group_vars/all/observability.yml), and
+# the size of the filesystem the drill puts under the aggregator's log files.
+MIN_FREE_MB = 32
+DRILL_FS_MB = 3 * MIN_FREE_MB
+
+
+def in_aggregator_mounts(command: str) -> str:
+    """`command` in the aggregator's mount namespace, run from the controller: a small filesystem
+    mounted as a second disk would be, without letting the container mount anything itself."""
+    pid = lab.podman("inspect", "-f", "{{.State.Pid}}", lab.container_name(AGGREGATOR)).stdout.strip()
+    result = subprocess.run(["nsenter", "-t", pid, "-m", "-p", "--", "sh", "-c", command],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_nothing_is_lost_while_the_aggregators_disk_is_full(hosts):
+    """The aggregator's log filesystem fills up: its disk guard stops rsyslog before the last MiBs
+    go (rsyslog would drop what it cannot write), 1000 lines logged meanwhile wait in the client's
+    queue, rsyslog stays stopped, and once space is freed the guard starts it and all arrive."""
+    tag = f"sl-diskfull-{uuid.uuid4().hex[:8]}"
+    aggregator, client = hosts[AGGREGATOR], hosts[CLIENT]
+    in_aggregator_mounts(f"mount -t tmpfs -o size={DRILL_FS_MB}m,mode=0750 sl-drill {LOG_DIR}")
+    try:
+        # rsyslog's own mount namespace (its unit's sandbox) is made at start: it sees the new disk.
+        aggregator.check_output("systemctl restart rsyslog")
+        since = aggregator.check_output("date +%s")
+        aggregator.check_output(f"dd if=/dev/zero of={LOG_DIR}/filler bs=1M count={DRILL_FS_MB - MIN_FREE_MB // 2} "
+                                "status=none")
+        wait_for(lambda: aggregator.run("systemctl is-active --quiet rsyslog").rc != 0, 30, 1,
+                 "the disk guard stopped rsyslog")
+        log_numbered(client, tag, 1000)
+        time.sleep(5)
+        held = aggregator.run("systemctl is-active --quiet rsyslog syslog.socket").rc != 0
+        early = numbers(hosts, tag)
+        aggregator.check_output(f"rm {LOG_DIR}/filler")
+        assert_all_arrived(hosts, tag, 1000, timeout=120)
+        guard = aggregator.check_output(f"journalctl -u sevenleague-rsyslog-diskguard --since @{since} -o cat")
+    finally:
+        aggregator.run(f"rm -f {LOG_DIR}/filler")
+        in_aggregator_mounts(f"umount -l {LOG_DIR}")
+        aggregator.check_output("systemctl restart rsyslog")
+    assert held and early == []
+    assert f"{LOG_DIR} has" in guard and "stopping rsyslog" in guard and "starting rsyslog again" in guard, guard
 
 
 def test_nothing_is_lost_across_a_certificate_rotation_of_client_and_aggregator(hosts):

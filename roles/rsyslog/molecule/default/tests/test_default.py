@@ -248,3 +248,27 @@ def test_the_per_host_files_rotate(aggregator, client):
     client.check_output(f"logger -t sl-rotate 'after rotation {second}'")
     wait_for(lambda: second in file_text(aggregator, path), what="a line in the new file")
     assert first not in file_text(aggregator, path)
+
+
+def test_the_disk_guard_stops_rsyslog_below_its_threshold_and_starts_only_what_it_stopped(aggregator):
+    """The guard's two branches, on the real filesystem: a threshold above its free space stops
+    rsyslog (and the socket that would start it again); one far below starts it again, because the
+    guard stopped it; an rsyslog stopped by someone else stays stopped."""
+    guard = "/usr/local/lib/sevenleague/sevenleague-rsyslog-diskguard"
+    assert aggregator.service("sevenleague-rsyslog-diskguard.timer").is_enabled
+    assert aggregator.service("sevenleague-rsyslog-diskguard.timer").is_running
+    # The timer's own runs (with the real threshold) stay out of the way meanwhile.
+    aggregator.check_output("systemctl stop sevenleague-rsyslog-diskguard.timer")
+    try:
+        stop = aggregator.run(f"{guard} 100000000 {LOG_DIR} /var/spool/rsyslog")
+        assert stop.rc == 0, stop.stderr
+        assert "stopping rsyslog" in stop.stdout
+        assert aggregator.run("systemctl is-active --quiet rsyslog.service syslog.socket").rc != 0
+        start = aggregator.run(f"{guard} 1 {LOG_DIR} /var/spool/rsyslog")
+        assert start.rc == 0 and "starting rsyslog again" in start.stdout, start.stdout + start.stderr
+        assert aggregator.service("rsyslog").is_running
+        aggregator.check_output("systemctl stop syslog.socket rsyslog.service")
+        assert aggregator.run(f"{guard} 1 {LOG_DIR}").stdout == ""
+        assert not aggregator.service("rsyslog").is_running
+    finally:
+        aggregator.check_output("systemctl start syslog.socket rsyslog.service sevenleague-rsyslog-diskguard.timer")
