@@ -38,9 +38,14 @@ def test_frontend_on_app1_gets_its_greeting_from_greeter_on_app2_through_both_en
     answer = json.loads(hosts[APP1].check_output("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=lab'"))
     assert answer["greeter"]["greeting"] == "Hello, lab!"
     assert answer["greeter"]["host"] == hosts[APP2].check_output("hostname")
-    time.sleep(1)
-    out = [r for r in envoy_requests(hosts[APP1], since) if r["listener"] == "outbound_greeter"]
-    into = [r for r in envoy_requests(hosts[APP2], since) if r["listener"] == "inbound_greeter"]
+    # Envoy writes its access log once a second (the unit's flush interval): wait a few for both lines.
+    deadline = time.monotonic() + 10
+    while True:
+        out = [r for r in envoy_requests(hosts[APP1], since) if r["listener"] == "outbound_greeter"]
+        into = [r for r in envoy_requests(hosts[APP2], since) if r["listener"] == "inbound_greeter"]
+        if (out and into) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert out and into, (out, into)
     assert {r["request_id"] for r in out} & {r["request_id"] for r in into}
     assert APP1 in into[-1]["peer"] and into[-1]["code"] == 200

@@ -49,7 +49,13 @@ def test_frontend_reaches_greeter_through_both_envoys(callee, caller):
     def requests(host):
         lines = host.check_output("journalctl -u envoy -o cat --since -2min").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{") and '"/hello"' in line]
-    inbound, outbound = requests(callee), requests(caller)
+    # Envoy writes its access log once a second (the unit's flush interval): wait a few for both lines.
+    deadline = time.monotonic() + 10
+    while True:
+        inbound, outbound = requests(callee), requests(caller)
+        if (inbound and outbound) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert inbound and outbound
     assert inbound[-1]["code"] == 200 and inbound[-1]["listener"] == "inbound_greeter"
     assert CALLER in inbound[-1]["peer"]
