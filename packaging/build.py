@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 MAINTAINER = "sevenleague <ops@sevenleague.invalid>"
 # A published version never changes: a change to what a package holds that
-# comes from here rather than from its sources needs a new revision.
+# does not raise its own version (envoy's and openbao's units, anything from
+# here) needs a new revision of that package (Package.revision).
 REVISION = "1"
 
 
@@ -53,10 +54,12 @@ class Package:
     start_on_install: bool = True
     # Whether the package ships <name>.service (tools have no unit, and no maintainer scripts).
     unit: bool = True
+    # The Debian revision: the upstream version stays, the packaging changed.
+    revision: str = REVISION
 
     @property
     def full_version(self) -> str:
-        return f"{self.version}-{REVISION}"
+        return f"{self.version}-{self.revision}"
 
     @property
     def filename(self) -> str:
@@ -143,6 +146,8 @@ def packages() -> dict[str, Package]:
             },
             user="envoy", start_on_install=False,
             sources=["packaging/envoy"],
+            # 2: the unit flushes the access log every second.
+            revision="2",
         ),
         "openbao": Package(
             name="openbao", version=bao_version, architecture="amd64",
