@@ -157,6 +157,18 @@ def site_runs(tmp_path_factory) -> list[PlaybookRun]:
     return [first, second]
 
 
+def wait_for(check, timeout: float, interval: float = 2.0, what: str = "condition"):
+    """check() until it returns something truthy; its last value otherwise fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    assert value, f"{what}: not within {timeout:.0f} s"
+    return value
+
+
 @pytest.fixture(scope="session")
 def converged(site_runs):
     if site_runs[0].rc != 0:

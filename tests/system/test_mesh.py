@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from conftest import LAB_HOSTS
+from conftest import LAB_HOSTS, wait_for
 
 APP1, APP2, MONITOR = "app1.sevenleague.test", "app2.sevenleague.test", "mon1.sevenleague.test"
 GREETER = ("app2.sevenleague.test", "10.213.7.22", 8443)
@@ -39,14 +39,11 @@ def test_frontend_on_app1_gets_its_greeting_from_greeter_on_app2_through_both_en
     assert answer["greeter"]["greeting"] == "Hello, lab!"
     assert answer["greeter"]["host"] == hosts[APP2].check_output("hostname")
     # Envoy writes its access log once a second (the unit's flush interval): wait a few for both lines.
-    deadline = time.monotonic() + 10
-    while True:
+    def both_logged():
         out = [r for r in envoy_requests(hosts[APP1], since) if r["listener"] == "outbound_greeter"]
         into = [r for r in envoy_requests(hosts[APP2], since) if r["listener"] == "inbound_greeter"]
-        if (out and into) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert out and into, (out, into)
+        return (out, into) if out and into else None
+    out, into = wait_for(both_logged, 10, 1, "the request in both Envoys' access logs")
     assert {r["request_id"] for r in out} & {r["request_id"] for r in into}
     assert APP1 in into[-1]["peer"] and into[-1]["code"] == 200
 

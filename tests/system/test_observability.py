@@ -17,7 +17,7 @@ import subprocess
 import time
 import uuid
 
-from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, wait_for
 
 AGGREGATOR = "logs1.sevenleague.test"
 MONITOR = "mon1.sevenleague.test"
@@ -27,18 +27,6 @@ CURRENT = "/etc/sevenleague/pki/current"
 # librelp's default window: at most this many sent but unacknowledged messages, which are
 # resent after a broken session and may then arrive twice.
 RELP_WINDOW = 128
-
-
-def wait_for(check, timeout: float, interval: float = 2.0, what: str = "condition"):
-    """check() until it returns something truthy; its last value otherwise fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            break
-        time.sleep(interval)
-    assert value, f"{what}: not within {timeout:.0f} s"
-    return value
 
 
 def prometheus(hosts, path: str) -> dict:
