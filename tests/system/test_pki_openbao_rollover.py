@@ -14,6 +14,7 @@ PLAYBOOK = "playbooks/rotate-openbao-intermediate.yml"
 RECORD = ROOT / "inventories" / "lab" / ".openbao" / "intermediate-rollover.json"
 CA_HOST, APP2 = "ca1.sevenleague.test", "app2.sevenleague.test"
 LISTENER_CURRENT = "/etc/openbao/tls/current"
+APP2_TIMER = "sevenleague-pki-renew-host.timer"
 OPENBAO_ROOT = str(ROOT / "inventories" / "lab" / ".openbao" / "root.crt")
 
 
@@ -43,11 +44,17 @@ def rollover(hosts):
     app2 = hosts[APP2]
     before = {"issuers": signing_issuers(), "chain": chain(app2),
               "serials": {name: serial(host) for name, host in hosts.items()}}
-    trust = ansible_playbook(PLAYBOOK, "-e", "rotate_openbao_until=trust", log="rotate-openbao-trust.log")
-    middle = {"issuers": signing_issuers(), "login_trust": login_trust()}
-    # Not forced: the default issuer changed, so the renewal policy says it is due.
-    timer = app2.run(f"sevenleague-pki renew --config {CONFIG}")
-    middle["app2_chain"] = chain(app2)
+    # app2's own timer stays still until the renewal below: run by chance in between, it would
+    # renew first and leave that renewal nothing to do.
+    app2.check_output(f"systemctl stop {APP2_TIMER}")
+    try:
+        trust = ansible_playbook(PLAYBOOK, "-e", "rotate_openbao_until=trust", log="rotate-openbao-trust.log")
+        middle = {"issuers": signing_issuers(), "login_trust": login_trust()}
+        # Not forced: the default issuer changed, so the renewal policy says it is due.
+        timer = app2.run(f"sevenleague-pki renew --config {CONFIG}")
+        middle["app2_chain"] = chain(app2)
+    finally:
+        app2.check_output(f"systemctl start {APP2_TIMER}")
     rest = ansible_playbook(PLAYBOOK, log="rotate-openbao.log")
     after = {"issuers": signing_issuers(), "login_trust": login_trust()}
     again = ansible_playbook(PLAYBOOK, log="rotate-openbao-again.log")
