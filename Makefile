@@ -66,7 +66,7 @@ bootstrap: deps ## make a bare Debian host of the inventory manageable (pyinfra)
 site: lab-up ## bring up the lab and converge site.yml on it
 	ansible-playbook site.yml
 
-lint: deps ## ansible-lint (production profile) and yamllint
+lint: deps ## ruff (Python lint and format check), yamllint, ansible-lint (production profile)
 	$(PY) tests/run.py lint
 
 test-unit: deps ## unit tests (tests/unit)

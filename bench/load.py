@@ -106,12 +106,24 @@ def main() -> int:
 
     latencies = sorted(load.latencies)
     failed = sum(load.errors.values())
-    print(json.dumps({
-        "url": args.url, "target_rate": args.rate, "sent": sent, "ok": len(latencies), "failed": failed,
-        "errors": load.errors, "seconds": round(seconds, 2), "rate": round(sent / seconds, 1) if seconds else 0,
-        "latency_ms": {name: round(percentile(latencies, q), 2)
-                       for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))},
-    }))
+    print(
+        json.dumps(
+            {
+                "url": args.url,
+                "target_rate": args.rate,
+                "sent": sent,
+                "ok": len(latencies),
+                "failed": failed,
+                "errors": load.errors,
+                "seconds": round(seconds, 2),
+                "rate": round(sent / seconds, 1) if seconds else 0,
+                "latency_ms": {
+                    name: round(percentile(latencies, q), 2)
+                    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+                },
+            }
+        )
+    )
     return 0
 
 

@@ -74,8 +74,9 @@ def env(**extra: str) -> dict:
 def timed(label: str, cmd: list[str], noop: bool = False, **extra_env: str) -> float:
     print(f"bench: {label} ...", flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     elapsed = time.monotonic() - started
     # Every step's output is kept (profile_tasks lists the slowest tasks of a converge).
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -96,16 +97,24 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     podman = subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024 / 1024:.0f} GiB, "
-            f"Linux {platform.release()}, {podman}, Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024 / 1024:.0f} GiB, "
+        f"Linux {platform.release()}, {podman}, Python {platform.python_version()}"
+    )
 
 
 def host_memory() -> dict[str, str]:
-    out = subprocess.run(["podman", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
-                         env=env(), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["podman", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     usage = {}
     for line in sorted(out.splitlines()):
         name, _, mem = line.partition(" ")
@@ -119,8 +128,9 @@ LOG_AGGREGATOR = "logs1.sevenleague.test"
 
 
 def on_host(host: str, command: str) -> str:
-    return subprocess.run(["ssh", "-F", str(ROOT / ".lab" / "ssh" / "config"), host, command], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["ssh", "-F", str(ROOT / ".lab" / "ssh" / "config"), host, command], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def log_throughput(units: int = 5, per_unit: int = 8000) -> dict:
@@ -131,10 +141,15 @@ def log_throughput(units: int = 5, per_unit: int = 8000) -> dict:
     path = f"/var/log/hosts/{LOG_CLIENT}/{tag}.log"
     print(f"bench: log shipping, {total} lines ...", flush=True)
     started = time.monotonic()
-    on_host(LOG_CLIENT, " & ".join(
-        f"systemd-run --quiet --wait --unit {tag}-{k} sh -c "
-        f"'seq {k * per_unit + 1} {(k + 1) * per_unit} | sed s/^/n=/ | logger -t {tag}'" for k in range(units))
-        + " & wait")
+    on_host(
+        LOG_CLIENT,
+        " & ".join(
+            f"systemd-run --quiet --wait --unit {tag}-{k} sh -c "
+            f"'seq {k * per_unit + 1} {(k + 1) * per_unit} | sed s/^/n=/ | logger -t {tag}'"
+            for k in range(units)
+        )
+        + " & wait",
+    )
     sent = time.monotonic() - started
     arrived, last_change, deadline = 0, time.monotonic(), time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -146,8 +161,14 @@ def log_throughput(units: int = 5, per_unit: int = 8000) -> dict:
         time.sleep(0.5)
     elapsed = last_change - started
     distinct = int(on_host(LOG_AGGREGATOR, f"grep -o 'n=[0-9]*' {path} | sort -u | wc -l").strip())
-    result = {"messages": total, "sent_seconds": round(sent, 1), "seconds": round(elapsed, 1),
-              "per_second": round(distinct / elapsed), "lost": total - distinct, "duplicates": arrived - distinct}
+    result = {
+        "messages": total,
+        "sent_seconds": round(sent, 1),
+        "seconds": round(elapsed, 1),
+        "per_second": round(distinct / elapsed),
+        "lost": total - distinct,
+        "duplicates": arrived - distinct,
+    }
     print(f"bench: log shipping: {result}", flush=True)
     return result
 
@@ -167,9 +188,10 @@ def mesh_latency(rates=(500, 1000), seconds: float = 15) -> list[dict]:
     loopback, and from app1 through its Envoy, mutual TLS and app2's Envoy to the same greeter."""
     rows = []
     for rate in rates:
-        for path, host, url in (("direct (app2 -> greeter)", MESH_CALLEE, "http://127.0.0.1:8081/hello"),
-                                ("mesh (app1 -> Envoy -> mTLS -> Envoy -> greeter)", MESH_CALLER,
-                                 "http://127.0.0.1:10001/hello")):
+        for path, host, url in (
+            ("direct (app2 -> greeter)", MESH_CALLEE, "http://127.0.0.1:8081/hello"),
+            ("mesh (app1 -> Envoy -> mTLS -> Envoy -> greeter)", MESH_CALLER, "http://127.0.0.1:10001/hello"),
+        ):
             print(f"bench: {path} at {rate}/s ...", flush=True)
             report = load(host, url, rate, seconds)
             rows.append({"path": path, **report})
@@ -179,14 +201,23 @@ def mesh_latency(rates=(500, 1000), seconds: float = 15) -> list[dict]:
 
 def rotation_under_load(rate: float = 200) -> dict:
     """rotate-certs.yml on the whole lab while app1's frontend asks greeter through the mesh."""
-    on_host(MESH_CALLER, f"rm -f /run/sl-bench-stop && cat > /run/sl-bench-load.py <<'EOF'\n{LOAD_TOOL.read_text()}\nEOF")
-    on_host(MESH_CALLER, "systemd-run --unit sl-bench-load --collect -p StandardOutput=file:/run/sl-bench-load.json "
-                         f"python3 /run/sl-bench-load.py 'http://127.0.0.1:8080/?name=bench' --rate {rate} "
-                         "--duration 900 --until-file /run/sl-bench-stop")
+    on_host(
+        MESH_CALLER, f"rm -f /run/sl-bench-stop && cat > /run/sl-bench-load.py <<'EOF'\n{LOAD_TOOL.read_text()}\nEOF"
+    )
+    on_host(
+        MESH_CALLER,
+        "systemd-run --unit sl-bench-load --collect -p StandardOutput=file:/run/sl-bench-load.json "
+        f"python3 /run/sl-bench-load.py 'http://127.0.0.1:8080/?name=bench' --rate {rate} "
+        "--duration 900 --until-file /run/sl-bench-stop",
+    )
     try:
-        seconds = timed("rotate-certs.yml under load", [str(VENV_BIN / "ansible-playbook"), "playbooks/rotate-certs.yml"])
+        seconds = timed(
+            "rotate-certs.yml under load", [str(VENV_BIN / "ansible-playbook"), "playbooks/rotate-certs.yml"]
+        )
     finally:
-        on_host(MESH_CALLER, "touch /run/sl-bench-stop; while systemctl is-active --quiet sl-bench-load; do sleep 0.5; done")
+        on_host(
+            MESH_CALLER, "touch /run/sl-bench-stop; while systemctl is-active --quiet sl-bench-load; do sleep 0.5; done"
+        )
     report = json.loads(on_host(MESH_CALLER, "cat /run/sl-bench-load.json"))
     return {**report, "playbook_seconds": round(seconds, 1)}
 
@@ -194,48 +225,88 @@ def rotation_under_load(rate: float = 200) -> dict:
 def markdown(report: dict) -> str:
     noop = report["noop_rerun"]
     stock = noop["stock"]["median"]
-    lines = ["# Benchmarks", "",
-             f"Written by `make bench` (bench/run.py) on {report['date']}, commit {report['commit']};",
-             "the same figures are in results.json. Earlier runs are in git history.", "",
-             f"Machine: {report['machine']}.", "",
-             "## site.yml on the lab (6 hosts)", "",
-             "| what | seconds |", "|---|---|"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (bench/run.py) on {report['date']}, commit {report['commit']};",
+        "the same figures are in results.json. Earlier runs are in git history.",
+        "",
+        f"Machine: {report['machine']}.",
+        "",
+        "## site.yml on the lab (6 hosts)",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in report["steps"].items()]
     logs = report.get("log_shipping")
     if logs:
-        lines += ["", f"Log shipping, app2 -> journal -> rsyslog -> RELP/mutual TLS -> logs1: {logs['messages']} lines "
-                      f"in {logs['seconds']} s, **{logs['per_second']} messages/s**, lost {logs['lost']}, "
-                      f"duplicates {logs['duplicates']} (journald took {logs['sent_seconds']} s to accept them)."]
+        lines += [
+            "",
+            f"Log shipping, app2 -> journal -> rsyslog -> RELP/mutual TLS -> logs1: {logs['messages']} lines "
+            f"in {logs['seconds']} s, **{logs['per_second']} messages/s**, lost {logs['lost']}, "
+            f"duplicates {logs['duplicates']} (journald took {logs['sent_seconds']} s to accept them).",
+        ]
     mesh = report.get("mesh_latency")
     if mesh:
-        lines += ["", "## The mesh", "",
-                  "greeter's `/hello` at fixed request rates (bench/load.py, open loop, a new connection per "
-                  "request), each for 15 s, in the same run:", "",
-                  "| path | rate asked | rate sent | p50 ms | p90 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['path']} | {r['target_rate']:.0f} | {r['rate']:.0f} | {r['latency_ms']['p50']} | "
-                  f"{r['latency_ms']['p90']} | {r['latency_ms']['p99']} | {r['failed']} |" for r in mesh]
+        lines += [
+            "",
+            "## The mesh",
+            "",
+            "greeter's `/hello` at fixed request rates (bench/load.py, open loop, a new connection per "
+            "request), each for 15 s, in the same run:",
+            "",
+            "| path | rate asked | rate sent | p50 ms | p90 ms | p99 ms | failed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['path']} | {r['target_rate']:.0f} | {r['rate']:.0f} | {r['latency_ms']['p50']} | "
+            f"{r['latency_ms']['p90']} | {r['latency_ms']['p99']} | {r['failed']} |"
+            for r in mesh
+        ]
     rotation = report.get("rotation_under_load")
     if rotation:
-        lines += ["", f"`rotate-certs.yml` on the whole lab took {rotation['playbook_seconds']} s while frontend on app1 "
-                      f"asked greeter through the mesh at {rotation['rate']:.0f} requests/s: {rotation['sent']} "
-                      f"requests, **{rotation['failed']} failed** (p99 {rotation['latency_ms']['p99']} ms)."]
-    lines += ["", f"No-op rerun (every host changed=0), {report['rounds']} rounds side by side:", "",
-              "| ansible.cfg | median s | runs s | vs stock |", "|---|---|---|---|"]
-    for name, label in (("stock", "stock (paths, force_handlers, interpreter)"),
-                        ("linear", "ours, ANSIBLE_STRATEGY=linear"),
-                        ("ours", "ours (mitogen_linear)")):
+        lines += [
+            "",
+            f"`rotate-certs.yml` on the whole lab took {rotation['playbook_seconds']} s while frontend on app1 "
+            f"asked greeter through the mesh at {rotation['rate']:.0f} requests/s: {rotation['sent']} "
+            f"requests, **{rotation['failed']} failed** (p99 {rotation['latency_ms']['p99']} ms).",
+        ]
+    lines += [
+        "",
+        f"No-op rerun (every host changed=0), {report['rounds']} rounds side by side:",
+        "",
+        "| ansible.cfg | median s | runs s | vs stock |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (
+        ("stock", "stock (paths, force_handlers, interpreter)"),
+        ("linear", "ours, ANSIBLE_STRATEGY=linear"),
+        ("ours", "ours (mitogen_linear)"),
+    ):
         runs = ", ".join(f"{s:.1f}" for s in noop[name]["runs"])
         lines.append(f"| {label} | {noop[name]['median']:.1f} | {runs} | {stock / noop[name]['median']:.2f}x |")
-    lines += ["", "Memory per lab host after converge (podman stats, which counts the page cache too):", "",
-              "| host | memory |", "|---|---|"]
+    lines += [
+        "",
+        "Memory per lab host after converge (podman stats, which counts the page cache too):",
+        "",
+        "| host | memory |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {mem} |" for name, mem in report["memory"].items()]
     tests = report.get("tests")
     if tests:
-        lines += ["", f"## make test ({tests.get('date', '?')}, commit {tests.get('commit', '?')}, "
-                      f"{tests.get('jobs', '?')} jobs at a time)", "",
-                  "| step | seconds | budget |", "|---|---|---|"]
-        lines += [f"| {step['what']} | {step['seconds']:.0f} | {step.get('budget') or '-'} |"
-                  for step in tests["steps"]]
+        lines += [
+            "",
+            f"## make test ({tests.get('date', '?')}, commit {tests.get('commit', '?')}, "
+            f"{tests.get('jobs', '?')} jobs at a time)",
+            "",
+            "| step | seconds | budget |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {step['what']} | {step['seconds']:.0f} | {step.get('budget') or '-'} |" for step in tests["steps"]
+        ]
         lines.append(f"| total | {tests['total']:.0f} | {tests.get('total_budget') or '-'} |")
     return "\n".join(lines) + "\n"
 
@@ -248,8 +319,9 @@ def main() -> int:
     playbook = [str(VENV_BIN / "ansible-playbook"), "site.yml"]
     steps = {}
     with tempfile.TemporaryDirectory(prefix="sl-bench-") as tmp:
-        seconds = timed("build the packages",
-                        [str(VENV_BIN / "python"), str(ROOT / "packaging" / "build.py"), "--out", tmp])
+        seconds = timed(
+            "build the packages", [str(VENV_BIN / "python"), str(ROOT / "packaging" / "build.py"), "--out", tmp]
+        )
         steps[f"make debs, from nothing ({len(list(Path(tmp).glob('*.deb')))} packages)"] = seconds
         stock_cfg = Path(tmp) / "ansible.cfg"
         stock_cfg.write_text(STOCK_CFG.format(root=ROOT))
@@ -265,9 +337,10 @@ def main() -> int:
             for name, extra in settings.items():
                 runs[name].append(timed(f"no-op rerun, {name}, round {round_}", playbook, noop=True, **extra))
     report = {
-        "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+        "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
         "machine": machine(),
         "rounds": args.rounds,
         "steps": steps,

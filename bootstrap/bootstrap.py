@@ -34,15 +34,21 @@ def inventory_host(inventory: str | None, name: str) -> dict:
         args[1:1] = ["-i", inventory]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"bootstrap: {name} is not a host of the inventory: add it first "
-                 f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'ansible-inventory failed'})")
+        sys.exit(
+            f"bootstrap: {name} is not a host of the inventory: add it first "
+            f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'ansible-inventory failed'})"
+        )
     return json.loads(result.stdout)
 
 
 def known_hosts_file(hostvars: dict) -> str | None:
     args = shlex.split(str(hostvars.get("ansible_ssh_common_args", "")))
     for i, arg in enumerate(args):
-        value = arg[2:] if arg.startswith("-o") and len(arg) > 2 else (args[i + 1] if arg == "-o" and i + 1 < len(args) else "")
+        value = (
+            arg[2:]
+            if arg.startswith("-o") and len(arg) > 2
+            else (args[i + 1] if arg == "-o" and i + 1 < len(args) else "")
+        )
         match = re.fullmatch(r"UserKnownHostsFile=(\S+)", value)
         if match:
             return match.group(1)
@@ -64,20 +70,37 @@ def main() -> int:
     private = hostvars.get("ansible_ssh_private_key_file")
     public = args.public_key or (f"{private}.pub" if private else None)
     if not public or not (ROOT / public).expanduser().is_file():
-        sys.exit(f"bootstrap: no public key to authorize for {account}: pass --public-key, or set "
-                 f"ansible_ssh_private_key_file for {args.host} (its .pub is installed)")
-    command = [str(BIN / "pyinfra"), "--yes", "--ssh-user", args.login_user, address, str(ROOT / "bootstrap" / "deploy.py"),
-               "--data", f"account={account}",
-               "--data", f"authorized_key={(ROOT / public).expanduser().read_text().strip()}"]
+        sys.exit(
+            f"bootstrap: no public key to authorize for {account}: pass --public-key, or set "
+            f"ansible_ssh_private_key_file for {args.host} (its .pub is installed)"
+        )
+    command = [
+        str(BIN / "pyinfra"),
+        "--yes",
+        "--ssh-user",
+        args.login_user,
+        address,
+        str(ROOT / "bootstrap" / "deploy.py"),
+        "--data",
+        f"account={account}",
+        "--data",
+        f"authorized_key={(ROOT / public).expanduser().read_text().strip()}",
+    ]
     login_key = args.login_key or private
     if login_key:
         command[2:2] = ["--ssh-key", str((ROOT / login_key).expanduser())]
     known = known_hosts_file(hostvars)
     if known:
-        command += ["--data", f"ssh_known_hosts_file={(ROOT / known).expanduser()}",
-                    "--data", "ssh_strict_host_key_checking=yes"]
-    print(f"bootstrap: {args.host} ({address}): Python, sudo and {account}'s key, over SSH as {args.login_user}",
-          flush=True)
+        command += [
+            "--data",
+            f"ssh_known_hosts_file={(ROOT / known).expanduser()}",
+            "--data",
+            "ssh_strict_host_key_checking=yes",
+        ]
+    print(
+        f"bootstrap: {args.host} ({address}): Python, sudo and {account}'s key, over SSH as {args.login_user}",
+        flush=True,
+    )
     return subprocess.call(command, cwd=ROOT)
 
 

@@ -52,7 +52,9 @@ else:
     # The account name was checked above, so the line is valid sudoers syntax.
     files.put(
         name=f"Let {ACCOUNT} use sudo without a password",
-        src=StringIO(f"# Written by the sevenleague bootstrap: Ansible's account.\n{ACCOUNT} ALL=(ALL:ALL) NOPASSWD: ALL\n"),
+        src=StringIO(
+            f"# Written by the sevenleague bootstrap: Ansible's account.\n{ACCOUNT} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+        ),
         dest=f"/etc/sudoers.d/90-sevenleague-{ACCOUNT}",
         user="root",
         group="root",

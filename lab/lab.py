@@ -75,9 +75,14 @@ def log(msg: str) -> None:
 def podman(*args: str, check: bool = True, capture: bool = True, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, CONTAINERS_CONF=str(LAB / "containers.conf"))
     return subprocess.run(
-        ["podman", *args], check=check, text=True, env=env,
+        ["podman", *args],
+        check=check,
+        text=True,
+        env=env,
         stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE if capture else None, **kw)
+        stderr=subprocess.PIPE if capture else None,
+        **kw,
+    )
 
 
 def exists(kind: str, name: str) -> bool:
@@ -137,16 +142,21 @@ def lab_config(extra=()) -> dict:
     subnet = ipaddress.ip_network(lab_vars["lab_subnet"])
     for name, addr in hosts.items():
         if ipaddress.ip_address(addr) not in subnet:
-            sys.exit(f"lab: {name} has ansible_host {addr}, outside lab_subnet {subnet}: "
-                     f"fix {origin[name]}")
+            sys.exit(f"lab: {name} has ansible_host {addr}, outside lab_subnet {subnet}: fix {origin[name]}")
         if releases[name] not in RELEASES:
-            sys.exit(f"lab: {name} has lab_release {releases[name]!r}; the lab builds "
-                     f"{' and '.join(RELEASES)}: fix {origin[name]}")
+            sys.exit(
+                f"lab: {name} has lab_release {releases[name]!r}; the lab builds "
+                f"{' and '.join(RELEASES)}: fix {origin[name]}"
+            )
         if images[name] not in IMAGES:
-            sys.exit(f"lab: {name} has lab_image {images[name]!r}, not one of {', '.join(IMAGES)}: "
-                     f"fix {origin[name]}")
-    return {"hosts": hosts, "releases": releases, "images": images, "subnet": str(subnet),
-            "network": lab_vars["lab_network"]}
+            sys.exit(f"lab: {name} has lab_image {images[name]!r}, not one of {', '.join(IMAGES)}: fix {origin[name]}")
+    return {
+        "hosts": hosts,
+        "releases": releases,
+        "images": images,
+        "subnet": str(subnet),
+        "network": lab_vars["lab_network"],
+    }
 
 
 def container_name(host: str) -> str:
@@ -182,7 +192,7 @@ def context_digest() -> str:
 
 
 def image_label(image: str, label: str) -> str:
-    out = podman("image", "inspect", image, "--format", "{{ index .Labels \"%s\" }}" % label, check=False)
+    out = podman("image", "inspect", image, "--format", f'{{{{ index .Labels "{label}" }}}}', check=False)
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
@@ -199,20 +209,44 @@ def build_release_images(release: str, rebuild: bool) -> None:
     digest = context_digest() + podman("image", "inspect", base, "--format", "{{ .Id }}").stdout.strip()[:12]
     if rebuild or image_label(host, "io.sevenleague.context") != digest:
         log(f"building {host}")
-        podman("build", "--build-arg", f"RELEASE={release}", "--label", f"io.sevenleague.context={digest}",
-               "-t", host, "-f", str(LAB / "Containerfile"), str(LAB), capture=False)
+        podman(
+            "build",
+            "--build-arg",
+            f"RELEASE={release}",
+            "--label",
+            f"io.sevenleague.context={digest}",
+            "-t",
+            host,
+            "-f",
+            str(LAB / "Containerfile"),
+            str(LAB),
+            capture=False,
+        )
 
 
 def build_bare_image(release: str, rebuild: bool = False) -> str:
     """The host image of `release` without Python; built when a host asks for it."""
     build_release_images(release, rebuild)
     bare, host = bare_image(release), host_image(release)
-    digest = (hashlib.sha256((LAB / "Containerfile.bare").read_bytes()).hexdigest()[:16]
-              + podman("image", "inspect", host, "--format", "{{ .Id }}").stdout.strip()[:12])
+    digest = (
+        hashlib.sha256((LAB / "Containerfile.bare").read_bytes()).hexdigest()[:16]
+        + podman("image", "inspect", host, "--format", "{{ .Id }}").stdout.strip()[:12]
+    )
     if rebuild or image_label(bare, "io.sevenleague.context") != digest:
         log(f"building {bare}")
-        podman("build", "--build-arg", f"RELEASE={release}", "--label", f"io.sevenleague.context={digest}",
-               "-t", bare, "-f", str(LAB / "Containerfile.bare"), str(LAB), capture=False)
+        podman(
+            "build",
+            "--build-arg",
+            f"RELEASE={release}",
+            "--label",
+            f"io.sevenleague.context={digest}",
+            "-t",
+            bare,
+            "-f",
+            str(LAB / "Containerfile.bare"),
+            str(LAB),
+            capture=False,
+        )
     return bare
 
 
@@ -228,13 +262,21 @@ def build_base_image(release: str, rebuild: bool = False) -> str:
         log(f"building {base} with debootstrap from {mirror} (about a minute)")
         with tempfile.TemporaryDirectory(prefix="sl-rootfs-") as rootfs:
             subprocess.run(
-                ["debootstrap", "--variant=minbase",
-                 f"--include={packages}",
-                 release, rootfs, mirror],
-                check=True, stdout=subprocess.DEVNULL)
+                ["debootstrap", "--variant=minbase", f"--include={packages}", release, rootfs, mirror],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            podman("import", "--change", "CMD /sbin/init", "--change", f"LABEL io.sevenleague.packages={packages}",
-                   "-", base, stdin=tar.stdout)
+            podman(
+                "import",
+                "--change",
+                "CMD /sbin/init",
+                "--change",
+                f"LABEL io.sevenleague.packages={packages}",
+                "-",
+                base,
+                stdin=tar.stdout,
+            )
             if tar.wait() != 0:
                 sys.exit("lab: tar of the debootstrap tree failed")
     return base
@@ -244,8 +286,9 @@ def ensure_ssh_key() -> None:
     if SSH_KEY.exists():
         return
     SSH_KEY.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sevenleague-lab",
-                    "-f", str(SSH_KEY)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sevenleague-lab", "-f", str(SSH_KEY)], check=True
+    )
     log(f"generated the lab SSH key {SSH_KEY.relative_to(ROOT)}")
 
 
@@ -261,11 +304,12 @@ def ensure_passphrase(path: Path, what: str) -> None:
 
 def ensure_network(cfg: dict) -> None:
     if exists("network", cfg["network"]):
-        out = podman("network", "inspect", cfg["network"], "--format",
-                     "{{ range .Subnets }}{{ .Subnet }} {{ end }}")
+        out = podman("network", "inspect", cfg["network"], "--format", "{{ range .Subnets }}{{ .Subnet }} {{ end }}")
         if cfg["subnet"] not in out.stdout.split():
-            sys.exit(f"lab: network {cfg['network']} exists with subnet {out.stdout.strip()}, "
-                     f"not {cfg['subnet']}: run `make lab-down` first")
+            sys.exit(
+                f"lab: network {cfg['network']} exists with subnet {out.stdout.strip()}, "
+                f"not {cfg['subnet']}: run `make lab-down` first"
+            )
         return
     log(f"creating network {cfg['network']} ({cfg['subnet']})")
     podman("network", "create", "--subnet", cfg["subnet"], "--label", LABEL, cfg["network"])
@@ -273,15 +317,26 @@ def ensure_network(cfg: dict) -> None:
 
 def wait_for_ssh(host: str, addr: str, timeout: int = 60) -> None:
     deadline = time.monotonic() + timeout
-    cmd = ["ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
-           "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
-           f"root@{addr}", "true"]
+    cmd = [
+        "ssh",
+        "-i",
+        str(SSH_KEY),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={KNOWN_HOSTS}",
+        f"root@{addr}",
+        "true",
+    ]
     while time.monotonic() < deadline:
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
             return
         time.sleep(1)
-    sys.exit(f"lab: {host} ({addr}) did not accept SSH within {timeout}s: "
-             f"see `podman logs {container_name(host)}`")
+    sys.exit(f"lab: {host} ({addr}) did not accept SSH within {timeout}s: see `podman logs {container_name(host)}`")
 
 
 def host_key(name: str, timeout: int = 30) -> str:
@@ -324,44 +379,71 @@ def up(cfg: dict) -> None:
             bare = cfg["images"][host] == "bare"
             image = build_bare_image(release) if bare else host_image(release)
             log(f"creating {name} ({host}, {addr}, Debian {release}{', bare: no Python' if bare else ''})")
-            podman("run", "-d", "--name", name, "--hostname", host,
-                   "--network", cfg["network"], "--ip", addr, "--label", LABEL,
-                   *[f"--cap-add={c}" for c in CAPS + RELEASE_CAPS.get(release, [])],
-                   "--systemd", "always", "--stop-signal", "SIGRTMIN+3",
-                   image, "/sbin/init")
+            podman(
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--hostname",
+                host,
+                "--network",
+                cfg["network"],
+                "--ip",
+                addr,
+                "--label",
+                LABEL,
+                *[f"--cap-add={c}" for c in CAPS + RELEASE_CAPS.get(release, [])],
+                "--systemd",
+                "always",
+                "--stop-signal",
+                "SIGRTMIN+3",
+                image,
+                "/sbin/init",
+            )
         authorize_key(name, pubkey)
     write_known_hosts(cfg)
     for host, addr in cfg["hosts"].items():
         wait_for_ssh(host, addr)
     write_ssh_config(cfg)
-    log(f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping` or "
-        f"`ssh -F {SSH_CONFIG.relative_to(ROOT)} {next(iter(cfg['hosts'])).split('.')[0]}`")
+    log(
+        f"{len(cfg['hosts'])} hosts up; try `ansible all -m ping` or "
+        f"`ssh -F {SSH_CONFIG.relative_to(ROOT)} {next(iter(cfg['hosts'])).split('.')[0]}`"
+    )
 
 
 def authorize_key(name: str, pubkey: str) -> None:
     """Make the lab key the container's only root key; unchanged if it already is."""
-    podman("exec", "-i", name, "sh", "-c",
-           "install -d -m 0700 /root/.ssh && f=/root/.ssh/authorized_keys && "
-           "t=$(mktemp /root/.ssh/.ak.XXXXXX) && cat > \"$t\" && "
-           "if cmp -s \"$t\" \"$f\"; then rm -f \"$t\"; "
-           "else chmod 0600 \"$t\" && mv \"$t\" \"$f\"; fi", input=pubkey)
+    podman(
+        "exec",
+        "-i",
+        name,
+        "sh",
+        "-c",
+        "install -d -m 0700 /root/.ssh && f=/root/.ssh/authorized_keys && "
+        't=$(mktemp /root/.ssh/.ak.XXXXXX) && cat > "$t" && '
+        'if cmp -s "$t" "$f"; then rm -f "$t"; '
+        'else chmod 0600 "$t" && mv "$t" "$f"; fi',
+        input=pubkey,
+    )
 
 
 def write_ssh_config(cfg: dict) -> None:
     """An ssh_config for people and tests: `ssh -F .lab/ssh/config app1`."""
     lines = ["# Written by lab/lab.py up; the lab's hosts by short and full name."]
     for host, addr in cfg["hosts"].items():
-        lines += [f"Host {host.split('.')[0]} {host} {addr}",
-                  f"    HostName {addr}",
-                  "    User root",
-                  f"    IdentityFile {SSH_KEY}",
-                  "    IdentitiesOnly yes",
-                  f"    UserKnownHostsFile {KNOWN_HOSTS}",
-                  "    StrictHostKeyChecking yes",
-                  "    ControlMaster auto",
-                  "    ControlPath /tmp/sl-lab-%C",
-                  "    ControlPersist 60s",
-                  ""]
+        lines += [
+            f"Host {host.split('.')[0]} {host} {addr}",
+            f"    HostName {addr}",
+            "    User root",
+            f"    IdentityFile {SSH_KEY}",
+            "    IdentitiesOnly yes",
+            f"    UserKnownHostsFile {KNOWN_HOSTS}",
+            "    StrictHostKeyChecking yes",
+            "    ControlMaster auto",
+            "    ControlPath /tmp/sl-lab-%C",
+            "    ControlPersist 60s",
+            "",
+        ]
     SSH_CONFIG.write_text("\n".join(lines))
 
 
@@ -369,10 +451,16 @@ def down(cfg: dict) -> None:
     # By label, so a host dropped from the inventory since `up` goes too.
     labelled = podman("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{ .Names }}").stdout.split()
     # Any other container on the lab's network would keep the network from being removed.
-    attached = (podman("ps", "-a", "--filter", f"network={cfg['network']}", "--format", "{{ .Names }}").stdout.split()
-                if exists("network", cfg["network"]) else [])
-    names = sorted(set(labelled) | set(attached)
-                   | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))})
+    attached = (
+        podman("ps", "-a", "--filter", f"network={cfg['network']}", "--format", "{{ .Names }}").stdout.split()
+        if exists("network", cfg["network"])
+        else []
+    )
+    names = sorted(
+        set(labelled)
+        | set(attached)
+        | {container_name(h) for h in cfg["hosts"] if exists("container", container_name(h))}
+    )
     # Hosts added from another inventory file (`up -i`) are known here by their containers only.
     removed = set(cfg["hosts"])
     for name in names:
@@ -409,8 +497,10 @@ def status(cfg: dict) -> None:
 def main() -> None:
     if os.geteuid() != 0:
         # Rootless podman puts containers where the controller cannot reach their addresses.
-        sys.exit("lab: run as root: the lab's containers need rootful podman so that their "
-                 "addresses are reachable from this machine")
+        sys.exit(
+            "lab: run as root: the lab's containers need rootful podman so that their "
+            "addresses are reachable from this machine"
+        )
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["images", "up", "down", "status"])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the images even if they exist")

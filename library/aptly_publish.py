@@ -183,8 +183,14 @@ def plan(aptly: Aptly, run, debs: list[str]) -> list[dict]:
             raise PublishError(f"{deb} does not exist on the repository host")
         fields = deb_fields(run, deb)
         sha = sha256_file(deb)
-        entry = {"package": fields["Package"], "version": fields["Version"],
-                 "architecture": fields["Architecture"], "sha256": sha, "path": deb, "key": package_key(fields)}
+        entry = {
+            "package": fields["Package"],
+            "version": fields["Version"],
+            "architecture": fields["Architecture"],
+            "sha256": sha,
+            "path": deb,
+            "key": package_key(fields),
+        }
         label = f"{entry['package']} {entry['version']} ({entry['architecture']})"
         if seen.get(entry["key"], sha) != sha:
             raise PublishError(f"{label}: two different files in this batch; build each version once")
@@ -193,7 +199,8 @@ def plan(aptly: Aptly, run, debs: list[str]) -> list[dict]:
         if held - {sha}:
             raise PublishError(
                 f"{label} is already published from a different file (sha256 {', '.join(sorted(held - {sha}))}); "
-                f"a published version must never change: raise the version and build again")
+                f"a published version must never change: raise the version and build again"
+            )
         entries.append(entry)
     return entries
 
@@ -223,7 +230,8 @@ def publish(run, params: dict, check_mode: bool = False, now: datetime.datetime 
         if pub.get("SourceKind") != "snapshot" or len(sources) != 1:
             raise PublishError(
                 f"the publication of {dist} is not a single snapshot ({pub.get('SourceKind')}); "
-                f"it was made by hand: drop it (`aptly publish drop {dist}`) and run this again")
+                f"it was made by hand: drop it (`aptly publish drop {dist}`) and run this again"
+            )
         previous = sources[0]["Name"]
         for key in ("origin", "label"):
             if params.get(key) and pub.get(key.capitalize(), "") != params[key]:
@@ -231,20 +239,27 @@ def publish(run, params: dict, check_mode: bool = False, now: datetime.datetime 
                     f"the publication of {dist} has {key.capitalize()} {pub.get(key.capitalize())!r}, not "
                     f"{params[key]!r}: aptly sets it when it first publishes; keep the old value, or drop the "
                     f"publication (`aptly publish drop {dist}`) and run this again, which clients see as a new "
-                    f"Release file")
+                    f"Release file"
+                )
     wanted = current | {e["key"] for e in new}
     if pub is not None and aptly.snapshot_packages(previous) == wanted:
-        return {"changed": changed, "packages": strip(entries), "snapshot": previous,
-                "previous_snapshot": previous}
+        return {"changed": changed, "packages": strip(entries), "snapshot": previous, "previous_snapshot": previous}
     changed = True
-    snapshot = snapshot_name(repo, aptly.snapshots(), now or datetime.datetime.now(datetime.timezone.utc))
+    snapshot = snapshot_name(repo, aptly.snapshots(), now or datetime.datetime.now(datetime.UTC))
     if not check_mode:
         aptly("snapshot", "create", snapshot, "from", "repo", repo)
         sign = [f"-gpg-key={params['gpg_key']}"]
         if pub is None:
             extra = [f"-{k}={params[k]}" for k in ("origin", "label") if params.get(k)]
-            aptly("publish", "snapshot", *sign, *extra, f"-distribution={dist}",
-                  f"-component={params['component']}", snapshot)
+            aptly(
+                "publish",
+                "snapshot",
+                *sign,
+                *extra,
+                f"-distribution={dist}",
+                f"-component={params['component']}",
+                snapshot,
+            )
         else:
             aptly("publish", "switch", *sign, dist, snapshot)
     return {"changed": changed, "packages": strip(entries), "snapshot": snapshot, "previous_snapshot": previous}

@@ -17,7 +17,7 @@ description:
   - "Errors name the cause: OpenBao unreachable, sealed, a token without permission, a refused write
     with OpenBao's own message."
 requirements:
-  - Nothing beyond Python; OpenBao's API through C(module_utils/sevenleague_openbao.py), the client the hosts' tool uses too.
+  - Nothing beyond Python; OpenBao's API through the collection's C(openbao) module_utils, the client the hosts' tool uses too.
 options:
   url:
     description: Address of OpenBao, e.g. C(https://ca1.example.internal:8200).
@@ -107,12 +107,8 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-try:
-    from ansible.module_utils.sevenleague_openbao import OpenBao, Refused, SEALED_HINT
-    from ansible.module_utils.sevenleague_openbao import OpenBaoError as ApiError
-except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
-    from sevenleague_openbao import OpenBao, Refused, SEALED_HINT
-    from sevenleague_openbao import OpenBaoError as ApiError
+from ansible_collections.sevenleague.platform.plugins.module_utils.openbao import SEALED_HINT, OpenBao, Refused
+from ansible_collections.sevenleague.platform.plugins.module_utils.openbao import OpenBaoError as ApiError
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -144,10 +140,12 @@ def same(want, have) -> bool:
     if isinstance(want, bool) or isinstance(have, bool):
         return isinstance(want, bool) and isinstance(have, bool) and want == have
     if isinstance(want, list) or isinstance(have, list):
+
         def items(value):
             if isinstance(value, list):
                 return [str(item).strip() for item in value]
             return [part.strip() for part in str(value).split(",") if part.strip()]
+
         return items(want) == items(have)
     if isinstance(have, int):
         return seconds(want) == have
@@ -171,12 +169,15 @@ class Client:
         if exc.status == 503 and "sealed" in exc.errors.lower():
             return OpenBaoError(f"OpenBao at {self.url} is sealed: {SEALED_HINT}")
         if exc.status in (401, 403):
-            return OpenBaoError(f"OpenBao at {self.url} denied {what}: {exc.errors}; the token lacks the "
-                                f"permission, or expired")
+            return OpenBaoError(
+                f"OpenBao at {self.url} denied {what}: {exc.errors}; the token lacks the permission, or expired"
+            )
         if isinstance(exc, Refused) or exc.status:
             return OpenBaoError(f"OpenBao at {self.url} refused {what}: {exc.errors}")
-        return OpenBaoError(f"OpenBao at {self.url} is unreachable while {what}: {exc}; check the address, that it "
-                            f"runs and that the firewall lets this node in")
+        return OpenBaoError(
+            f"OpenBao at {self.url} is unreachable while {what}: {exc}; check the address, that it "
+            f"runs and that the firewall lets this node in"
+        )
 
     def read(self, path: str) -> tuple[bool, dict]:
         """(exists, data) for `path`; an answer that says "nothing here" counts as absent."""
@@ -203,10 +204,20 @@ def run(client, params: dict, check_mode: bool) -> dict:
     read_path = (params["read_path"] or path).strip("/")
     existed, current = client.read(read_path) if state != "write" else (False, {})
     diff = differences(data, current) if existed else sorted(data)
-    needed = {"present": bool(diff) or not existed, "once": not existed, "read": False, "write": True,
-              "absent": existed}[state]
-    result = {"changed": needed, "existed": existed, "differences": diff if needed and state != "absent" else [],
-              "current": current, "response": {}}
+    needed = {
+        "present": bool(diff) or not existed,
+        "once": not existed,
+        "read": False,
+        "write": True,
+        "absent": existed,
+    }[state]
+    result = {
+        "changed": needed,
+        "existed": existed,
+        "differences": diff if needed and state != "absent" else [],
+        "current": current,
+        "response": {},
+    }
     if needed and not check_mode:
         if state == "absent":
             client.delete(path)

@@ -24,9 +24,9 @@ description:
   - "Errors name the cause: OpenBao unreachable, sealed or uninitialized, a token without permission,
     a missing mount or role, a SAN the role refuses, a TTL above the maximum, a malformed CSR."
   - Every call issues a new certificate; decide first whether one is needed (the renewal policy is
-    the host's C(sevenleague-pki status), with C(module_utils/sevenleague_pki.py)).
+    the host's C(sevenleague-pki status), with the collection's C(pki) module_utils).
 requirements:
-  - "OpenBao's API through C(module_utils/sevenleague_openbao.py), the client the hosts' tool uses too (no hvac)"
+  - "OpenBao's API through the collection's C(openbao) module_utils, the client the hosts' tool uses too (no hvac)"
   - cryptography >= 38
 options:
   url:
@@ -150,32 +150,30 @@ import datetime
 import ipaddress
 import re
 
-
-try:
-    from ansible.module_utils.sevenleague_pki import (
-        HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans, run_ansible_module,
-        sans_of)
-except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
-    from sevenleague_pki import (
-        HAS_CRYPTOGRAPHY, PKIError, cert_info, check_issued, normalize_san, parse_sans, run_ansible_module,
-        sans_of)
-
-try:
-    from ansible.module_utils.sevenleague_openbao import OpenBao, OpenBaoError, SEALED_HINT
-except ImportError:  # pytest imports this file directly, where Ansible's module_utils namespace is absent
-    from sevenleague_openbao import OpenBao, OpenBaoError, SEALED_HINT
+from ansible_collections.sevenleague.platform.plugins.module_utils.openbao import SEALED_HINT, OpenBao, OpenBaoError
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki import (
+    HAS_CRYPTOGRAPHY,
+    PKIError,
+    cert_info,
+    check_issued,
+    normalize_san,
+    parse_sans,
+    sans_of,
+)
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki_module import run_ansible_module
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 MIN_TTL = 60
 _DURATION = re.compile(r"(\d+)([dhms])")
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 # --- inputs -----------------------------------------------------------------------------------
+
 
 def parse_ttl(ttl) -> int | None:
     """Seconds from `3600`, `"3600"` or a duration such as `"1h30m"`; None when not given."""
@@ -222,20 +220,28 @@ def check_csr(csr_pem: str, common_name: str, wanted: list[str]):
     # ignore ours, so the CSR must ask for the same ones.
     cns = [attr.value for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns and normalize_san(cns[0]) != normalize_san(common_name):
-        raise PKIError(f"the CSR's CN {cns[0]!r} differs from common_name {common_name!r}: create the CSR "
-                       f"with that CN or without one")
+        raise PKIError(
+            f"the CSR's CN {cns[0]!r} differs from common_name {common_name!r}: create the CSR "
+            f"with that CN or without one"
+        )
     requested = set(sans_of(csr))
     # Even a CSR without SANs counts: with use_csr_sans OpenBao would drop alt_names and ip_sans.
     if requested | {normalize_san(common_name)} != set(wanted):
         extra, missing = sorted(requested - set(wanted)), sorted(set(wanted) - requested - {normalize_san(common_name)})
-        detail = "; ".join(part for part in (extra and "it asks also for " + ", ".join(extra),
-                                             missing and "it lacks " + ", ".join(missing)) if part)
-        raise PKIError(f"the CSR's SANs ({', '.join(sorted(requested)) or 'none'}) differ from common_name, alt_names and "
-                       f"ip_sans ({', '.join(wanted)}): {detail}; create the CSR for exactly these names")
+        detail = "; ".join(
+            part
+            for part in (extra and "it asks also for " + ", ".join(extra), missing and "it lacks " + ", ".join(missing))
+            if part
+        )
+        raise PKIError(
+            f"the CSR's SANs ({', '.join(sorted(requested)) or 'none'}) differ from common_name, alt_names and "
+            f"ip_sans ({', '.join(wanted)}): {detail}; create the CSR for exactly these names"
+        )
     return csr
 
 
 # --- talking to OpenBao -----------------------------------------------------------------------
+
 
 def _url(client) -> str:
     return client.url
@@ -262,15 +268,18 @@ def _call(client, what: str, method: str, path: str, body: dict | None = None) -
         if exc.status == 503 and "sealed" in exc.errors.lower():
             raise _sealed(client) from None
         if exc.status in (401, 403):
-            raise PKIError(f"OpenBao at {_url(client)} denied {what}: {exc.errors} (is the token valid, and does its "
-                           f"policy allow it?)") from None
+            raise PKIError(
+                f"OpenBao at {_url(client)} denied {what}: {exc.errors} (is the token valid, and does its "
+                f"policy allow it?)"
+            ) from None
         if exc.status >= 500 or exc.status == 429:
             raise PKIError(f"OpenBao at {_url(client)} is unavailable ({what}): {exc.errors}") from None
         raise
 
 
-def make_client(url: str, token: str, *, ca_cert: str | None = None, validate_certs: bool = True,
-                timeout: int = 10) -> OpenBao:
+def make_client(
+    url: str, token: str, *, ca_cert: str | None = None, validate_certs: bool = True, timeout: int = 10
+) -> OpenBao:
     return OpenBao(url, ca_cert=ca_cert, token=token, timeout=timeout, validate_certs=validate_certs)
 
 
@@ -278,8 +287,9 @@ def check_health(client) -> None:
     """Raise a PKIError unless OpenBao answers, is initialized and is unsealed."""
     status = _call(client, "reading the seal status", "GET", "sys/seal-status")
     if not status.get("initialized", True):
-        raise PKIError(f"OpenBao at {_url(client)} is not initialized: initialize and unseal it "
-                       f"(see roles/openbao/README.md)")
+        raise PKIError(
+            f"OpenBao at {_url(client)} is not initialized: initialize and unseal it (see roles/openbao/README.md)"
+        )
     if status.get("sealed"):
         raise _sealed(client)
 
@@ -297,13 +307,26 @@ def role_max_ttl(client, mount: str, role: str) -> int | None:
             return None  # a token allowed to sign but not to read roles: the check after signing still holds
         raise
     except OpenBaoError:
-        raise PKIError(f"OpenBao at {_url(client)} has no role {role!r} at {mount}/roles/{role} (or no PKI secrets "
-                       f"engine at {mount})") from None
+        raise PKIError(
+            f"OpenBao at {_url(client)} has no role {role!r} at {mount}/roles/{role} (or no PKI secrets "
+            f"engine at {mount})"
+        ) from None
     return int((response.get("data") or {}).get("max_ttl") or 0)
 
 
-def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_names=(), ip_sans=(),
-             ttl=None, check_mode: bool = False, now: datetime.datetime | None = None) -> dict:
+def sign_csr(
+    client,
+    *,
+    mount: str,
+    role: str,
+    csr: str,
+    common_name: str,
+    alt_names=(),
+    ip_sans=(),
+    ttl=None,
+    check_mode: bool = False,
+    now: datetime.datetime | None = None,
+) -> dict:
     """Sign `csr` through `<mount>/sign/<role>` for exactly the given names, after every check."""
     seconds = parse_ttl(ttl)
     wanted = wanted_sans(common_name, list(alt_names), list(ip_sans))
@@ -312,10 +335,19 @@ def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_n
     check_token(client)
     max_ttl = role_max_ttl(client, mount, role)
     if seconds is not None and max_ttl and seconds > max_ttl:
-        raise PKIError(f"ttl {seconds} s is above the maximum of role {role} ({max_ttl} s, {mount}/roles/{role} "
-                       f"max_ttl): ask for less")
-    empty = {"changed": True, "certificate": "", "issuing_ca": "", "ca_chain": [], "serial_number": "",
-             "info": {}, "warnings": []}
+        raise PKIError(
+            f"ttl {seconds} s is above the maximum of role {role} ({max_ttl} s, {mount}/roles/{role} "
+            f"max_ttl): ask for less"
+        )
+    empty = {
+        "changed": True,
+        "certificate": "",
+        "issuing_ca": "",
+        "ca_chain": [],
+        "serial_number": "",
+        "info": {},
+        "warnings": [],
+    }
     if check_mode:
         return empty
 
@@ -339,18 +371,31 @@ def sign_csr(client, *, mount: str, role: str, csr: str, common_name: str, alt_n
     serial = data.get("serial_number", "")
     issuing_ca = data.get("issuing_ca", "").strip()
     chain = data.get("ca_chain") or ([issuing_ca] if issuing_ca else [])
-    # The checks every issuance passes (sevenleague_pki.check_issued); the host's tool runs them
+    # The checks every issuance passes (module_utils pki.check_issued); the host's tool runs them
     # again against its trust bundle before it installs the certificate.
     try:
-        certificate, _ = check_issued(data["certificate"], public_key=request.public_key(), wanted_sans=wanted,
-                                      chain_pem="\n".join(chain), ttl=seconds, asked_at=now)
+        certificate, _ = check_issued(
+            data["certificate"],
+            public_key=request.public_key(),
+            wanted_sans=wanted,
+            chain_pem="\n".join(chain),
+            ttl=seconds,
+            asked_at=now,
+        )
     except PKIError as exc:
-        raise PKIError(f"OpenBao issued certificate {serial}, which is refused: {exc}; revoke it, and check "
-                       f"role {role} at {mount}") from None
+        raise PKIError(
+            f"OpenBao issued certificate {serial}, which is refused: {exc}; revoke it, and check role {role} at {mount}"
+        ) from None
     certificate = certificate.decode()
-    return {**empty, "certificate": certificate, "issuing_ca": issuing_ca + "\n" if issuing_ca else "",
-            "ca_chain": [pem.strip() + "\n" for pem in chain], "serial_number": serial,
-            "info": cert_info(certificate), "warnings": _relevant(response.get("warnings"))}
+    return {
+        **empty,
+        "certificate": certificate,
+        "issuing_ca": issuing_ca + "\n" if issuing_ca else "",
+        "ca_chain": [pem.strip() + "\n" for pem in chain],
+        "serial_number": serial,
+        "info": cert_info(certificate),
+        "warnings": _relevant(response.get("warnings")),
+    }
 
 
 def _relevant(warnings) -> list[str]:
@@ -377,11 +422,24 @@ ARGUMENT_SPEC = {
 
 
 def run(params: dict, check_mode: bool) -> dict:
-    client = make_client(params["url"], params["token"], ca_cert=params["ca_cert"],
-                         validate_certs=params["validate_certs"], timeout=params["timeout"])
-    return sign_csr(client, mount=params["mount"].strip("/"), role=params["role"], csr=params["csr"],
-                    common_name=params["common_name"], alt_names=params["alt_names"], ip_sans=params["ip_sans"],
-                    ttl=params["ttl"], check_mode=check_mode)
+    client = make_client(
+        params["url"],
+        params["token"],
+        ca_cert=params["ca_cert"],
+        validate_certs=params["validate_certs"],
+        timeout=params["timeout"],
+    )
+    return sign_csr(
+        client,
+        mount=params["mount"].strip("/"),
+        role=params["role"],
+        csr=params["csr"],
+        common_name=params["common_name"],
+        alt_names=params["alt_names"],
+        ip_sans=params["ip_sans"],
+        ttl=params["ttl"],
+        check_mode=check_mode,
+    )
 
 
 def main() -> None:

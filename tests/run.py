@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run sevenleague's test levels, count every result and time every step.
 
-    tests/run.py lint             ansible-lint (production profile), yamllint
+    tests/run.py lint             ruff (check, format), yamllint, ansible-lint (production profile)
     tests/run.py unit             pytest tests/unit
     tests/run.py roles [ROLE...]  every Molecule scenario of the roles (all roles by default)
     tests/run.py system           a fresh lab, site.yml, then pytest tests/system
@@ -94,8 +94,16 @@ def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool 
         say("$ " + " ".join(cmd))
     started = time.monotonic()
     # No stdin: jobs run side by side, and Ansible refuses a stdin another process made non-blocking.
-    with subprocess.Popen(cmd, cwd=cwd, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as proc:
         sink = log.open("w") if log else None
         try:
             if sink:
@@ -130,17 +138,24 @@ def count_junit(path: Path, tally: Tally, prefix: str) -> bool:
 def pytest_level(name: str, args: list[str], tally: Tally, stream: bool = True) -> None:
     report = REPORTS / f"{name}.xml"
     report.unlink(missing_ok=True)
-    rc = run([str(VENV_BIN / "pytest"), "-p", "no:cacheprovider", f"--junitxml={report}", *args],
-             log=REPORTS / f"{name}.log", stream=stream)
+    rc = run(
+        [str(VENV_BIN / "pytest"), "-p", "no:cacheprovider", f"--junitxml={report}", *args],
+        log=REPORTS / f"{name}.log",
+        stream=stream,
+    )
     if not count_junit(report, tally, f"{name}: ") or rc not in (0, 1):
         # pytest could not even run its tests (collection error, bad option).
         tally.add(f"{name}: pytest run (exit {rc})", False)
 
 
 def lint(tally: Tally, stream: bool = True) -> None:
-    for name, cmd in (("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
-                      ("ansible-lint (production profile)", [str(VENV_BIN / "ansible-lint"), "--profile", "production"])):
-        log = REPORTS / f"lint-{name.split()[0]}.log"
+    for name, cmd in (
+        ("ruff check", [str(VENV_BIN / "ruff"), "check", "--no-cache", "."]),
+        ("ruff format", [str(VENV_BIN / "ruff"), "format", "--check", "--no-cache", "."]),
+        ("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
+        ("ansible-lint (production profile)", [str(VENV_BIN / "ansible-lint"), "--profile", "production"]),
+    ):
+        log = REPORTS / f"lint-{name.split(' (')[0].replace(' ', '-')}.log"
         ok = run(cmd, log=log, stream=stream) == 0
         tally.add(f"lint: {name}", ok)
         if not ok and not stream:
@@ -186,12 +201,13 @@ def failures(log: Path, limit: int = 60) -> str:
 
 def molecule(role: str, scenario: str, tally: Tally, stream: bool) -> None:
     log = REPORTS / f"molecule-{role}-{scenario}.log"
-    rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role,
-             stream=stream)
+    rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role, stream=stream)
     tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
     if rc != 0 and not stream:
-        say(f"--- molecule {role}/{scenario} failed; its failures and the end of {log.relative_to(ROOT)}:\n"
-            f"{failures(log)}{tail(log, 25)}")
+        say(
+            f"--- molecule {role}/{scenario} failed; its failures and the end of {log.relative_to(ROOT)}:\n"
+            f"{failures(log)}{tail(log, 25)}"
+        )
     # The verify step's testinfra summary, e.g. "12 passed, 1 failed in 50s".
     summaries = _PYTEST_SUMMARY.findall(log.read_text(errors="replace"))
     if summaries:
@@ -254,11 +270,22 @@ def load_budget() -> dict:
 def write_timings(tally: Tally, total: float, jobs: int, budget: dict) -> None:
     """A whole run's times, for `make bench` to put next to its own figures."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    (REPORTS / "timings.json").write_text(json.dumps({
-        "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "commit": commit.stdout.strip(), "jobs": jobs, "total": total, "total_budget": budget.get("total"),
-        "steps": [{"what": what, "seconds": seconds, "budget": budget.get(what)} for what, seconds in tally.times],
-    }, indent=2) + "\n")
+    (REPORTS / "timings.json").write_text(
+        json.dumps(
+            {
+                "date": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+                "commit": commit.stdout.strip(),
+                "jobs": jobs,
+                "total": total,
+                "total_budget": budget.get("total"),
+                "steps": [
+                    {"what": what, "seconds": seconds, "budget": budget.get(what)} for what, seconds in tally.times
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def summary(tally: Tally, total: float, jobs: int, whole: bool) -> None:
@@ -285,8 +312,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=["lint", "unit", "roles", "system", "all"])
     parser.add_argument("roles", nargs="*", help="roles for the roles level (default: all)")
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("SEVENLEAGUE_TEST_JOBS", "2")),
-                        help="Molecule scenarios and the system level at a time (default 2)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=int(os.environ.get("SEVENLEAGUE_TEST_JOBS", "2")),
+        help="Molecule scenarios and the system level at a time (default 2)",
+    )
     args = parser.parse_args()
     REPORTS.mkdir(parents=True, exist_ok=True)
     tally = Tally()

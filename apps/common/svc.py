@@ -19,10 +19,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 Query = dict[str, list[str]]
@@ -71,7 +72,7 @@ _log_lock = threading.Lock()
 
 def log(level: str, msg: str, **fields: Any) -> None:
     """Write one JSON object per line to stdout, for journald."""
-    ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     line = json.dumps({"ts": ts, "level": level, "msg": msg, **fields}, default=str)
     # Handler threads log concurrently; whole lines must not interleave. Flush
     # at once: stdout is block-buffered when it is a pipe or journald's socket.
@@ -83,8 +84,15 @@ def log(level: str, msg: str, **fields: Any) -> None:
 # ---------------------------------------------------------------- config
 
 # What json.load can return, named as in JSON.
-_JSON_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-                    list: "an array", dict: "an object", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -115,8 +123,10 @@ def load_config(path: str | None, defaults: dict[str, Any], checks: dict[str, Ch
         if key not in defaults:
             raise ConfigError(f"config {path}: unknown key '{key}' (known keys: {', '.join(sorted(defaults))})")
         if not _type_ok(value, defaults[key]):
-            raise ConfigError(f"config {path}: key '{key}' must be {_JSON_TYPE_NAMES[type(defaults[key])]}, "
-                              f"got {_JSON_TYPE_NAMES[type(value)]}")
+            raise ConfigError(
+                f"config {path}: key '{key}' must be {_JSON_TYPE_NAMES[type(defaults[key])]}, "
+                f"got {_JSON_TYPE_NAMES[type(value)]}"
+            )
         config[key] = float(value) if isinstance(defaults[key], float) else value
     for key, (ok, message) in checks.items():
         if not ok(config[key]):
@@ -158,8 +168,9 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             requests = sorted(self._requests.items())
-            durations = sorted((path, _Histogram(list(h.counts), h.total, h.count))
-                               for path, h in self._durations.items())
+            durations = sorted(
+                (path, _Histogram(list(h.counts), h.total, h.count)) for path, h in self._durations.items()
+            )
         lines = [
             "# HELP http_requests_total HTTP requests handled, by status code and route.",
             "# TYPE http_requests_total counter",
@@ -171,7 +182,7 @@ class Metrics:
         ]
         for path, hist in durations:
             cumulative = 0
-            for le, n in zip(BUCKETS, hist.counts):
+            for le, n in zip(BUCKETS, hist.counts, strict=False):
                 cumulative += n
                 lines.append(f'http_request_duration_seconds_bucket{{path="{path}",le="{le:g}"}} {cumulative}')
             lines.append(f'http_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} {hist.count}')
@@ -247,8 +258,15 @@ def _make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
-            log("info", "request", method="GET", path=url.path, code=code,
-                duration_ms=round(elapsed * 1000, 3), remote=self.client_address[0])
+            log(
+                "info",
+                "request",
+                method="GET",
+                path=url.path,
+                code=code,
+                duration_ms=round(elapsed * 1000, 3),
+                remote=self.client_address[0],
+            )
 
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             pass  # do_GET logs each request itself, with its duration
@@ -320,16 +338,24 @@ def serve(service: Service) -> int:
     return 0
 
 
-def main(name: str, version: str, defaults: dict[str, Any], checks: dict[str, Check],
-         make_routes: Callable[[dict[str, Any]], dict[str, Route]]) -> int:
+def main(
+    name: str,
+    version: str,
+    defaults: dict[str, Any],
+    checks: dict[str, Check],
+    make_routes: Callable[[dict[str, Any]], dict[str, Route]],
+) -> int:
     """Command line entry point shared by the apps. `defaults` and `checks`
     are the app's own config keys, added to the common ones; `defaults` must
     give the app's `port`."""
     parser = argparse.ArgumentParser(prog=name)
     parser.add_argument("--config", metavar="PATH", help=f"JSON config file, e.g. /etc/{name}/{name}.json")
     parser.add_argument("--version", action="version", version=f"{name} {version}")
-    parser.add_argument("--check-config", action="store_true",
-                        help="check the config file and exit: 0 when the app would start with it, 2 otherwise")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the config file and exit: 0 when the app would start with it, 2 otherwise",
+    )
     args = parser.parse_args()
     try:
         config = load_config(args.config, {**COMMON_DEFAULTS, **defaults}, {**COMMON_CHECKS, **checks})

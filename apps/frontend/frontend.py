@@ -26,8 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "upstream_timeout_seconds": 2.0,
 }
 CHECKS: dict[str, svc.Check] = {
-    "upstream_url": (lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).netloc),
-                     "must be an http:// or https:// URL"),
+    "upstream_url": (
+        lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).netloc),
+        "must be an http:// or https:// URL",
+    ),
     "upstream_timeout_seconds": (lambda v: math.isfinite(v) and v > 0, "must be a number > 0"),
 }
 # Greeter's answer is a few hundred bytes; never buffer an unbounded body.

@@ -174,8 +174,7 @@ class ActionModule(ActionBase):
         result["changed"] = False
         if problems:
             result["failed"] = True
-            result["msg"] = ("Fix these variables in the inventory (group_vars, host_vars or -e): "
-                             + "; ".join(problems))
+            result["msg"] = "Fix these variables in the inventory (group_vars, host_vars or -e): " + "; ".join(problems)
         else:
             result["msg"] = f"{len(values)} variables match their spec"
         return result

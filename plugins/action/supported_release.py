@@ -60,9 +60,11 @@ def check(facts: dict, platforms: dict[str, list[str]], role: str, host: str) ->
         return None
     wanted = "; ".join(f"{name} {describe(versions)}" for name, versions in platforms.items())
     version = facts.get("distribution_version") or DEBIAN_VERSIONS.get(release, "")
-    return (f"{host} runs {distribution} {version} ({release or 'no release name'}); the {role} role "
-            f"supports {wanted} only. Move the host to a supported release or out of the groups that "
-            f"apply this role; the role stopped before changing anything.")
+    return (
+        f"{host} runs {distribution} {version} ({release or 'no release name'}); the {role} role "
+        f"supports {wanted} only. Move the host to a supported release or out of the groups that "
+        f"apply this role; the role stopped before changing anything."
+    )
 
 
 class ActionModule(ActionBase):
@@ -86,12 +88,17 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"{meta_file} lists no galaxy_info.platforms")
         facts = (task_vars or {}).get("ansible_facts") or {}
         if "distribution" not in facts:
-            raise AnsibleActionFail("the host's facts are missing: the play needs gather_facts "
-                                    "(at least the distribution subset) before this role")
+            raise AnsibleActionFail(
+                "the host's facts are missing: the play needs gather_facts "
+                "(at least the distribution subset) before this role"
+            )
         problem = check(facts, platforms, role_name, task_vars.get("inventory_hostname", "the host"))
         if problem:
             raise AnsibleActionFail(problem)
-        result.update(changed=False, release=facts["distribution_release"],
-                      version=facts.get("distribution_version", ""),
-                      msg=f"{facts['distribution']} {facts['distribution_release']} is supported")
+        result.update(
+            changed=False,
+            release=facts["distribution_release"],
+            version=facts.get("distribution_version", ""),
+            msg=f"{facts['distribution']} {facts['distribution_release']} is supported",
+        )
         return result

@@ -36,8 +36,8 @@ def _first_packet(data: bytes) -> tuple[int, bytes]:
         if kind == 3:
             raise ValueError("an indeterminate-length first packet is not a public key")
         size = 1 << kind
-        length, start = int.from_bytes(data[1:1 + size], "big"), 1 + size
-    body = data[start:start + length]
+        length, start = int.from_bytes(data[1 : 1 + size], "big"), 1 + size
+    body = data[start : start + length]
     if len(body) != length:
         raise ValueError("the packet is truncated")
     return tag, body
@@ -50,10 +50,10 @@ def dearmor(armored: str) -> bytes:
         end = lines.index("-----END PGP PUBLIC KEY BLOCK-----")
     except ValueError:
         raise ValueError("no ASCII-armoured public key block") from None
-    body = lines[begin + 1:end]
+    body = lines[begin + 1 : end]
     # Armor headers end at the first empty line; the CRC line starts with "=".
     if "" in body:
-        body = body[body.index("") + 1:]
+        body = body[body.index("") + 1 :]
     return base64.b64decode("".join(line for line in body if line and not line.startswith("=")))
 
 
@@ -67,7 +67,7 @@ def openpgp_fingerprint(armored: str) -> str:
         raise AnsibleFilterError(f"openpgp_fingerprint: the first packet is not a public key (tag {tag})")
     version = body[0]
     if version == 4:
-        return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()  # noqa: S324 (RFC 4880)
+        return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()
     if version == 6:
         return hashlib.sha256(b"\x9b" + len(body).to_bytes(4, "big") + body).hexdigest().upper()
     raise AnsibleFilterError(f"openpgp_fingerprint: version {version} keys are not supported")

@@ -28,8 +28,10 @@ _INTERMEDIATE_TLS12 = {
 def mozilla_intermediate_tls12_suites(library: str) -> list[str]:
     """The suites, named as `library` takes them."""
     if library not in _INTERMEDIATE_TLS12:
-        raise AnsibleFilterError(f"mozilla_intermediate_tls12_suites: no names for {library!r}; "
-                                 f"known: {', '.join(sorted(_INTERMEDIATE_TLS12))}")
+        raise AnsibleFilterError(
+            f"mozilla_intermediate_tls12_suites: no names for {library!r}; "
+            f"known: {', '.join(sorted(_INTERMEDIATE_TLS12))}"
+        )
     return list(_INTERMEDIATE_TLS12[library])
 
 

@@ -35,18 +35,21 @@ def has_async_task(blocks) -> bool:
 
 
 try:
-    import ansible_mitogen.loaders  # noqa: F401  (mitogen checks the ansible-core version here)
+    import ansible_mitogen.loaders
     import ansible_mitogen.strategy
 except ImportError as exc:  # mitogen missing, or too old for this ansible-core
     display.warning(f"mitogen is not usable ({exc}); running the linear strategy instead")
     StrategyModule = Linear
 else:
+
     class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Linear):
         """Ansible's linear strategy with Mitogen's connection and executor."""
 
         def run(self, iterator, play_context, result=0):
             if has_async_task(iterator._blocks):
-                display.vv(f"play {iterator._play.get_name()!r} has async tasks: "
-                           "running it on Ansible's linear strategy, without Mitogen")
+                display.vv(
+                    f"play {iterator._play.get_name()!r} has async tasks: "
+                    "running it on Ansible's linear strategy, without Mitogen"
+                )
                 return Linear.run(self, iterator, play_context)
             return super().run(iterator, play_context, result)

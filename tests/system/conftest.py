@@ -27,7 +27,7 @@ import testinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "lab"))
-import lab  # noqa: E402
+import lab
 
 REPORTS = ROOT / ".cache" / "reports"
 SSH_CONFIG = ROOT / ".lab" / "ssh" / "config"
@@ -47,8 +47,10 @@ class PlaybookRun:
 
     @property
     def recap(self) -> dict[str, dict[str, int]]:
-        return {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreach), "failed": int(failed)}
-                for host, ok, changed, unreach, failed in _RECAP.findall(self.output)}
+        return {
+            host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreach), "failed": int(failed)}
+            for host, ok, changed, unreach, failed in _RECAP.findall(self.output)
+        }
 
 
 def _playbook_env(env: dict | None) -> dict:
@@ -58,9 +60,15 @@ def _playbook_env(env: dict | None) -> dict:
 
 
 def ansible_playbook(*args: str, log: str, env: dict | None = None) -> PlaybookRun:
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT,
-                          env=_playbook_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=1800)
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args],
+        cwd=ROOT,
+        env=_playbook_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
+    )
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / log).write_text(proc.stdout)
     return PlaybookRun(proc.returncode, proc.stdout)
@@ -74,8 +82,13 @@ class RunningPlaybook:
         REPORTS.mkdir(parents=True, exist_ok=True)
         self.log = REPORTS / log
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args], cwd=ROOT,
-                                         env=_playbook_env(env), stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args],
+                cwd=ROOT,
+                env=_playbook_env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_for(self, text: str, timeout: float = 900) -> bool:
         """True once `text` is in the output; False if the run ended or `timeout` passed first."""
@@ -96,8 +109,16 @@ class RunningPlaybook:
 def project_copy(dest: Path) -> None:
     """The project as an SCM checkout gives it: tracked and new files plus .git, nothing ignored
     (no venv, no lab state, no CA, no build cache)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -118,14 +139,19 @@ def ansible_runner(playbook: str, log: str, private_data_dir: Path) -> PlaybookR
         "pki_builtin_root_passphrase": (lab_state / "ca-passphrase").read_text().strip(),
         "openbao_secrets_passphrase": (lab_state / "openbao-passphrase").read_text().strip(),
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab_state / 'ssh' / 'known_hosts'} "
-                                   "-o StrictHostKeyChecking=yes",
+        "-o StrictHostKeyChecking=yes",
         "ansible_ssh_private_key_file": "",
     }
     for name, content in {
         "extravars": json.dumps(extravars),
-        "envvars": json.dumps({"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab"),
-                               "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-                               "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}),
+        "envvars": json.dumps(
+            {
+                "SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab"),
+                "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+                "ANSIBLE_FORCE_COLOR": "0",
+                "ANSIBLE_NOCOLOR": "1",
+            }
+        ),
         "ssh_key": (lab_state / "ssh" / "id_ed25519").read_text(),
         "settings": json.dumps({"suppress_ansible_output": True}),
     }.items():
@@ -133,16 +159,32 @@ def ansible_runner(playbook: str, log: str, private_data_dir: Path) -> PlaybookR
         path.write_text(content)
         path.chmod(0o600)
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "ansible-runner"), "run", str(private_data_dir), "-p", playbook,
-         "--ident", "job", "--inventory", str(project / "inventories" / "lab")],
-        cwd=private_data_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
-        env=dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"))
+        [
+            str(ROOT / ".venv" / "bin" / "ansible-runner"),
+            "run",
+            str(private_data_dir),
+            "-p",
+            playbook,
+            "--ident",
+            "job",
+            "--inventory",
+            str(project / "inventories" / "lab"),
+        ],
+        cwd=private_data_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"),
+    )
     artifacts = private_data_dir / "artifacts" / "job"
     stdout = (artifacts / "stdout").read_text(errors="replace") if (artifacts / "stdout").exists() else ""
     REPORTS.mkdir(parents=True, exist_ok=True)
     (REPORTS / log).write_text(proc.stdout + stdout)
-    events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"),
-                                                         key=lambda p: int(p.name.split("-", 1)[0]))]
+    events = [
+        json.loads(p.read_text())
+        for p in sorted((artifacts / "job_events").glob("*.json"), key=lambda p: int(p.name.split("-", 1)[0]))
+    ]
     return PlaybookRun(proc.returncode, stdout, events, private_data_dir)
 
 
@@ -151,9 +193,11 @@ def site_runs(tmp_path_factory) -> list[PlaybookRun]:
     """site.yml on the lab, twice: the first converges; the second, through
     ansible-runner as AWX runs it, must change nothing."""
     first = ansible_playbook("site.yml", log="site-1.log")
-    second = (ansible_runner("site.yml", log="site-2-ansible-runner.log",
-                             private_data_dir=tmp_path_factory.mktemp("awx-job"))
-              if first.rc == 0 else first)
+    second = (
+        ansible_runner("site.yml", log="site-2-ansible-runner.log", private_data_dir=tmp_path_factory.mktemp("awx-job"))
+        if first.rc == 0
+        else first
+    )
     return [first, second]
 
 
@@ -229,15 +273,16 @@ def hostile(host, name: str):
     real = host.check_output("command -v sevenleague-pki")
     assert real != "/usr/local/bin/sevenleague-pki", "a hostile tool is left over from an earlier run"
     tool = HOSTILE_TOOL.replace("REAL", real)
-    installed = host.run(f"printf '%s' {shlex.quote(tool)} > /usr/local/bin/sevenleague-pki && "
-                         "chmod 0755 /usr/local/bin/sevenleague-pki")
+    installed = host.run(
+        f"printf '%s' {shlex.quote(tool)} > /usr/local/bin/sevenleague-pki && chmod 0755 /usr/local/bin/sevenleague-pki"
+    )
     assert installed.rc == 0, installed.stderr
     host.run("rm -f /run/sevenleague-hostile-request")
 
     def used() -> bool:
         """Both lies reached the run: the cached facts were not gathered afresh, the tool answered."""
-        return ("pki_openbao_url" in cache.read_text()
-                and host.file("/run/sevenleague-hostile-request").exists)
+        return "pki_openbao_url" in cache.read_text() and host.file("/run/sevenleague-hostile-request").exists
+
     try:
         yield used
     finally:
@@ -290,9 +335,11 @@ def steady_load(host, url: str, rate: float):
     yielded holds its report (sent, ok, failed, errors, rate, latency_ms) once the block ends."""
     host.check_output("rm -f /run/sl-load.py /run/sl-load.json /run/sl-load.stop")
     host.check_output(f"printf '%s' {shlex.quote(LOAD_TOOL.read_text())} > /run/sl-load.py")
-    host.check_output("systemd-run --unit sl-load --collect -p StandardOutput=file:/run/sl-load.json "
-                      f"python3 /run/sl-load.py {shlex.quote(url)} --rate {rate} --duration 900 "
-                      "--until-file /run/sl-load.stop")
+    host.check_output(
+        "systemd-run --unit sl-load --collect -p StandardOutput=file:/run/sl-load.json "
+        f"python3 /run/sl-load.py {shlex.quote(url)} --rate {rate} --duration 900 "
+        "--until-file /run/sl-load.stop"
+    )
     report: dict = {}
     try:
         yield report

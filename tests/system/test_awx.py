@@ -12,9 +12,11 @@ def test_site_runs_through_ansible_runner_with_no_failed_event(converged):
     kinds = {event["event"] for event in run.events}
     # The events AWX stores for a job: a start, every task's result, the stats.
     assert {"playbook_on_start", "runner_on_ok", "playbook_on_stats"} <= kinds, kinds
-    failed = [(event["event"], event["event_data"].get("host"), event["event_data"].get("task"))
-              for event in run.events
-              if event["event"] in FAILED_EVENTS and not event["event_data"].get("ignore_errors")]
+    failed = [
+        (event["event"], event["event_data"].get("host"), event["event_data"].get("task"))
+        for event in run.events
+        if event["event"] in FAILED_EVENTS and not event["event_data"].get("ignore_errors")
+    ]
     assert failed == []
     stats = next(event["event_data"] for event in run.events if event["event"] == "playbook_on_stats")
     assert set(LAB_HOSTS) <= set(stats["ok"])

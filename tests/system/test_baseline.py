@@ -36,12 +36,17 @@ def test_second_site_run_changes_nothing(converged):
     assert changed == {}, f"second run changed: {changed}; see .cache/reports/site-2-ansible-runner.log"
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ('{"common_sshd_allowed_sources": "10.0.0.0/8"}',
-     "common_sshd_allowed_sources must be a list, but is the string '10.0.0.0/8'"),
-    # A variable of a role that runs late: still caught before the first change.
-    ('{"apt_client_components": "main"}', "apt_client_components must be a list, but is the string 'main'"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            '{"common_sshd_allowed_sources": "10.0.0.0/8"}',
+            "common_sshd_allowed_sources must be a list, but is the string '10.0.0.0/8'",
+        ),
+        # A variable of a role that runs late: still caught before the first change.
+        ('{"apt_client_components": "main"}', "apt_client_components must be a list, but is the string 'main'"),
+    ],
+)
 def test_wrong_variable_type_fails_before_any_host_changes(converged, extra, message):
     """A string where a list belongs stops the run in the preflight play, naming the variable."""
     run = ansible_playbook("site.yml", "-e", extra, log="site-bad-type.log")
@@ -60,13 +65,23 @@ def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path
     assert len(pin.read_text().strip()) == 40
     app1 = hosts["app1.sevenleague.test"]
     keyring_before = app1.file("/etc/apt/keyrings/sevenleague.asc").content_string
-    stranger = app1.run("export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key "
-                        "stranger ed25519 sign 0 2>/dev/null && gpg --armor --export stranger && rm -rf $GNUPGHOME")
+    stranger = app1.run(
+        "export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key "
+        "stranger ed25519 sign 0 2>/dev/null && gpg --armor --export stranger && rm -rf $GNUPGHOME"
+    )
     assert stranger.rc == 0, stranger.stderr
     extra = tmp_path / "stranger.json"
     extra.write_text(json.dumps({"apt_client_key": stranger.stdout}))
-    run = ansible_playbook("playbooks/baseline.yml", "--limit", "app1.sevenleague.test", "--tags", "apt_client",
-                           "-e", f"@{extra}", log="baseline-new-repo-key.log")
+    run = ansible_playbook(
+        "playbooks/baseline.yml",
+        "--limit",
+        "app1.sevenleague.test",
+        "--tags",
+        "apt_client",
+        "-e",
+        f"@{extra}",
+        log="baseline-new-repo-key.log",
+    )
     assert run.rc != 0
     assert "The internal repository's key changed" in run.output and pin.read_text().strip() in run.output
     assert run.recap["app1.sevenleague.test"]["changed"] == 0
@@ -91,12 +106,18 @@ def test_firewall_drops_what_no_rule_opens(hosts, lab_host):
     host = hosts[lab_host]
     address = LAB_HOSTS[lab_host]
     host.run("systemctl stop sl-probe.service")
-    started = host.run("systemd-run --unit sl-probe --property=Type=exec "
-                       "/usr/bin/python3 -m http.server --bind 0.0.0.0 8089")
+    started = host.run(
+        "systemd-run --unit sl-probe --property=Type=exec /usr/bin/python3 -m http.server --bind 0.0.0.0 8089"
+    )
     assert started.rc == 0, started.stderr
     try:
-        assert host.run("for i in $(seq 50); do curl -fsS -o /dev/null http://127.0.0.1:8089/ && exit 0; "
-                        "sleep 0.1; done; exit 1").rc == 0
+        assert (
+            host.run(
+                "for i in $(seq 50); do curl -fsS -o /dev/null http://127.0.0.1:8089/ && exit 0; "
+                "sleep 0.1; done; exit 1"
+            ).rc
+            == 0
+        )
         assert not reachable(address, 8089)
         assert reachable(address, 22)
     finally:
@@ -106,11 +127,27 @@ def test_firewall_drops_what_no_rule_opens(hosts, lab_host):
 def test_sshd_refuses_passwords(lab_host):
     address = LAB_HOSTS[lab_host]
     result = subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no",
-         "-o", "PreferredAuthentications=password,keyboard-interactive",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "ConnectTimeout=5", f"root@{address}", "true"],
-        capture_output=True, text=True, timeout=30)
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            f"root@{address}",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "Permission denied (publickey)" in result.stderr
 
@@ -126,8 +163,13 @@ def test_host_runs_the_debian_release_the_inventory_names(hosts, lab_host):
 
 
 def test_the_lab_mixes_both_releases_in_every_group_of_two():
-    inventory = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-inventory"), "--list"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
+    inventory = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-inventory"), "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     groups = json.loads(inventory.stdout)
     for name, group in groups.items():
         members = group.get("hosts", []) if isinstance(group, dict) else []
@@ -154,12 +196,16 @@ def test_app_host_installs_greeter_from_the_internal_repository(hosts, app_host)
     host = hosts[app_host]
     version = sorted((ROOT / "build" / "debs").glob("greeter_*.deb"))[-1].name.split("_")[1]
     # The host's own apt timers may hold the lock for a while: wait for it rather than fail.
-    install = host.run("apt-get -o DPkg::Lock::Timeout=300 update -q && DEBIAN_FRONTEND=noninteractive "
-                       f"apt-get -o DPkg::Lock::Timeout=300 install -y -q greeter={version}")
+    install = host.run(
+        "apt-get -o DPkg::Lock::Timeout=300 update -q && DEBIAN_FRONTEND=noninteractive "
+        f"apt-get -o DPkg::Lock::Timeout=300 install -y -q greeter={version}"
+    )
     assert install.rc == 0, install.stdout + install.stderr
     assert "WARNING: The following packages cannot be authenticated" not in install.stdout
     assert host.package("greeter").version == version
     policy = host.check_output("apt-cache policy greeter")
     assert f"http://{REPO_ADDRESS} sevenleague/main" in policy
-    health = host.run("for i in $(seq 50); do curl -fsS http://127.0.0.1:8081/healthz && exit 0; sleep 0.2; done; exit 1")
+    health = host.run(
+        "for i in $(seq 50); do curl -fsS http://127.0.0.1:8081/healthz && exit 0; sleep 0.2; done; exit 1"
+    )
     assert health.rc == 0 and '"ok"' in health.stdout

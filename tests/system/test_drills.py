@@ -42,8 +42,14 @@ def host_lost(hosts):
     completed = {name: host.file(LAST_LAYER_FILE).exists for name, host in hosts.items()}
     rerun = ansible_playbook("site.yml", log="site-after-host-lost.log")
     greeting = hosts[APP1].run("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=drill'")
-    return {"reached": reached, "run": run, "completed": completed, "rerun": rerun, "greeting": greeting,
-            "healed": hosts[APP2].file(LAST_LAYER_FILE).exists}
+    return {
+        "reached": reached,
+        "run": run,
+        "completed": completed,
+        "rerun": rerun,
+        "greeting": greeting,
+        "healed": hosts[APP2].file(LAST_LAYER_FILE).exists,
+    }
 
 
 def test_a_host_lost_in_the_middle_of_site_yml_is_named_and_the_others_complete(host_lost):
@@ -68,13 +74,18 @@ def test_a_rerun_heals_the_lost_host_and_changes_nothing_on_the_others(host_lost
     greeting = host_lost["greeting"]
     assert greeting.rc == 0, greeting.stderr
     assert json.loads(greeting.stdout)["greeter"]["greeting"] == "Hello, drill!"
+
+
 UNSEAL_HINT = "is sealed: unseal it (see roles/openbao/README.md)"
 
 
 def health() -> dict:
     """OpenBao's health, as the controller reads it (sealed answers 503, still with the JSON)."""
-    answer = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(SERVER_CA),
-                             f"{OPENBAO}/v1/sys/health"], capture_output=True, text=True)
+    answer = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(SERVER_CA), f"{OPENBAO}/v1/sys/health"],
+        capture_output=True,
+        text=True,
+    )
     return json.loads(answer.stdout) if answer.stdout.strip().startswith("{") else {}
 
 
@@ -88,8 +99,9 @@ def sealed(hosts):
         time.sleep(1)
     state = health()
     before = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
-    run = ansible_playbook("playbooks/pki.yml", "--limit", APP1, "-e", json.dumps({"pki_force_renew": True}),
-                           log="pki-openbao-sealed.log")
+    run = ansible_playbook(
+        "playbooks/pki.yml", "--limit", APP1, "-e", json.dumps({"pki_force_renew": True}), log="pki-openbao-sealed.log"
+    )
     # The timer's own renewal, with two tries instead of its backoff over a minute.
     config = json.loads(app1.file(CONFIG).content_string)
     config["openbao"].update(attempts=2, backoff_initial=1)
@@ -99,8 +111,17 @@ def sealed(hosts):
     after = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
     unseal = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init", log="openbao-unseal.log")
     renewed = app1.run(f"sevenleague-pki renew --force --config {CONFIG}")
-    return {"state": state, "before": before, "run": run, "timer": timer, "after": after, "unseal": unseal,
-            "renewed": renewed, "health": health(), "serial": serial(app1)}
+    return {
+        "state": state,
+        "before": before,
+        "run": run,
+        "timer": timer,
+        "after": after,
+        "unseal": unseal,
+        "renewed": renewed,
+        "health": health(),
+        "serial": serial(app1),
+    }
 
 
 def test_openbao_comes_back_sealed_after_a_restart(sealed):

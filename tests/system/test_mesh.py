@@ -23,8 +23,10 @@ MTLS = f"--cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem --cacert {CURREN
 def call_greeter(host, options: str = MTLS) -> tuple[int, str]:
     """(curl's exit code, the HTTP status) of `host` calling greeter's mesh listener on app2 directly."""
     name, address, port = GREETER
-    result = host.run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {name}:{port}:{address} "
-                      f"{options} https://{name}:{port}/hello")
+    result = host.run(
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {name}:{port}:{address} "
+        f"{options} https://{name}:{port}/hello"
+    )
     return result.rc, result.stdout.strip()
 
 
@@ -38,11 +40,13 @@ def test_frontend_on_app1_gets_its_greeting_from_greeter_on_app2_through_both_en
     answer = json.loads(hosts[APP1].check_output("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=lab'"))
     assert answer["greeter"]["greeting"] == "Hello, lab!"
     assert answer["greeter"]["host"] == hosts[APP2].check_output("hostname")
+
     # Envoy writes its access log once a second (the unit's flush interval): wait a few for both lines.
     def both_logged():
         out = [r for r in envoy_requests(hosts[APP1], since) if r["listener"] == "outbound_greeter"]
         into = [r for r in envoy_requests(hosts[APP2], since) if r["listener"] == "inbound_greeter"]
         return (out, into) if out and into else None
+
     out, into = wait_for(both_logged, 10, 1, "the request in both Envoys' access logs")
     assert {r["request_id"] for r in out} & {r["request_id"] for r in into}
     assert APP1 in into[-1]["peer"] and into[-1]["code"] == 200

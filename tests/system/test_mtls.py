@@ -40,13 +40,15 @@ CASES = ["own", "none", "other-ca", "expired", "wrong-name"]
 
 # --- the credentials, made on the controller ----------------------------------------------------
 
+
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem_key(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _sans(name: str) -> list[x509.GeneralName]:
@@ -58,40 +60,76 @@ def _sans(name: str) -> list[x509.GeneralName]:
 
 def _other_ca(name: str) -> tuple[str, str, str]:
     """(key, certificate, its CA) for `name` from a CA nobody trusts."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, key = _key(), _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Another CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).issuer_name(ca_name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(_sans(name)), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
-                                                  ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return (_pem_key(key), leaf.public_bytes(serialization.Encoding.PEM).decode(),
-            ca.public_bytes(serialization.Encoding.PEM).decode())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(_sans(name)), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return (
+        _pem_key(key),
+        leaf.public_bytes(serialization.Encoding.PEM).decode(),
+        ca.public_bytes(serialization.Encoding.PEM).decode(),
+    )
 
 
 def _from_openbao(name: str, ttl: str) -> tuple[str, str, str]:
     """(key, certificate, its intermediate) for `name` from the fleet's own CA, signed with
     Ansible's token through OpenBao's `host` role, as the pki role signs."""
     key = _key()
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName(_sans(name)), critical=False)
-           .sign(key, hashes.SHA256()))
-    body = {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "common_name": name, "ttl": ttl,
-            "ip_sans": LAB_HOSTS.get(name, "")}
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .add_extension(x509.SubjectAlternativeName(_sans(name)), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    body = {
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "common_name": name,
+        "ttl": ttl,
+        "ip_sans": LAB_HOSTS.get(name, ""),
+    }
     answer = subprocess.run(
-        ["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {ansible_token()}",
-         "-X", "POST", "--data-binary", "@-", f"{OPENBAO}/v1/pki_int/sign/host"],
-        input=json.dumps(body), capture_output=True, text=True, check=True)
+        [
+            "curl",
+            "-sSf",
+            "--cacert",
+            str(SERVER_CA),
+            "-H",
+            f"X-Vault-Token: {ansible_token()}",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+            f"{OPENBAO}/v1/pki_int/sign/host",
+        ],
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(answer.stdout)["data"]
     return _pem_key(key), data["certificate"] + "\n", data["issuing_ca"] + "\n"
 
@@ -103,17 +141,26 @@ def credentials(hosts):
     probers = {APP1, MONITOR}
     made: dict[str, dict[str, tuple[str, str, str]]] = {}
     for name in probers:
-        made[name] = {"other-ca": _other_ca(name), "expired": _from_openbao(name, "1s"),
-                      "wrong-name": _from_openbao(INTRUDER, "10m")}
+        made[name] = {
+            "other-ca": _other_ca(name),
+            "expired": _from_openbao(name, "1s"),
+            "wrong-name": _from_openbao(INTRUDER, "10m"),
+        }
     time.sleep(2)
     for name in probers:
         host = hosts[name]
-        host.check_output(f"rm -rf {PROBE_DIR} && mkdir -m 0700 {PROBE_DIR} && mkdir {PROBE_DIR}/none "
-                          f"&& ln -s {CURRENT} {PROBE_DIR}/own")
+        host.check_output(
+            f"rm -rf {PROBE_DIR} && mkdir -m 0700 {PROBE_DIR} && mkdir {PROBE_DIR}/none "
+            f"&& ln -s {CURRENT} {PROBE_DIR}/own"
+        )
         for case, (key, cert, chain) in made[name].items():
             files = {"key.pem": key, "cert.pem": cert, "chain.pem": chain, "fullchain.pem": cert + chain}
-            host.check_output(f"mkdir {PROBE_DIR}/{case} && " + " && ".join(
-                f"printf '%s' {shlex.quote(text)} > {PROBE_DIR}/{case}/{file}" for file, text in files.items()))
+            host.check_output(
+                f"mkdir {PROBE_DIR}/{case} && "
+                + " && ".join(
+                    f"printf '%s' {shlex.quote(text)} > {PROBE_DIR}/{case}/{file}" for file, text in files.items()
+                )
+            )
         # The expired one really is: its end lies behind the host's clock.
         assert host.run(f"openssl x509 -in {PROBE_DIR}/expired/fullchain.pem -noout -checkend 0").rc == 1
     yield
@@ -131,14 +178,16 @@ def envoy(hosts, case: str) -> tuple[bool, str]:
     """app1, greeter's caller, to greeter's mesh listener on app2."""
     result = hosts[APP1].run(
         f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {APP2}:8443:{LAB_HOSTS[APP2]} "
-        f"--cacert {CURRENT}/ca.pem {_curl_client(case)} https://{APP2}:8443/hello")
+        f"--cacert {CURRENT}/ca.pem {_curl_client(case)} https://{APP2}:8443/hello"
+    )
     return result.rc == 0 and result.stdout.strip() == "200", f"curl exit {result.rc}, HTTP {result.stdout}"
 
 
 def node_exporter(hosts, case: str) -> tuple[bool, str]:
     """mon1, the Prometheus host, to app1's node_exporter (Debian 13's, which checks names)."""
-    result = hosts[MONITOR].run(f"curl -sS --max-time 10 --cacert {CURRENT}/ca.pem {_curl_client(case)} "
-                                f"https://{LAB_HOSTS[APP1]}:9100/metrics")
+    result = hosts[MONITOR].run(
+        f"curl -sS --max-time 10 --cacert {CURRENT}/ca.pem {_curl_client(case)} https://{LAB_HOSTS[APP1]}:9100/metrics"
+    )
     return result.rc == 0 and "node_exporter_build_info" in result.stdout, f"curl exit {result.rc}: {result.stderr}"
 
 
@@ -146,10 +195,18 @@ def relp(hosts, case: str) -> tuple[bool, str]:
     """app1 offers a RELP session to the aggregator; rsyslog answers only a peer it accepts."""
     data = "relp_version=0\nrelp_software=probe\ncommands=syslog"
     offer = f"1 open {len(data)} {data}\n"
-    client = "" if case == "none" else (f"-cert {PROBE_DIR}/{case}/cert.pem -cert_chain {PROBE_DIR}/{case}/chain.pem "
-                                        f"-key {PROBE_DIR}/{case}/key.pem")
-    result = hosts[APP1].run(f"printf '%s' {shlex.quote(offer)} | timeout 5 openssl s_client -quiet "
-                             f"-connect {LAB_HOSTS[AGGREGATOR]}:2514 -CAfile {CURRENT}/ca.pem {client}")
+    client = (
+        ""
+        if case == "none"
+        else (
+            f"-cert {PROBE_DIR}/{case}/cert.pem -cert_chain {PROBE_DIR}/{case}/chain.pem "
+            f"-key {PROBE_DIR}/{case}/key.pem"
+        )
+    )
+    result = hosts[APP1].run(
+        f"printf '%s' {shlex.quote(offer)} | timeout 5 openssl s_client -quiet "
+        f"-connect {LAB_HOSTS[AGGREGATOR]}:2514 -CAfile {CURRENT}/ca.pem {client}"
+    )
     return "1 rsp" in result.stdout, result.stdout[-300:] + result.stderr[-300:]
 
 
@@ -157,14 +214,17 @@ def openbao(hosts, case: str) -> tuple[bool, str]:
     """app1 logs in to OpenBao with its certificate, as its renewal timer does."""
     result = hosts[APP1].run(
         f"curl -sS --max-time 10 --cacert /etc/sevenleague/pki/openbao-server-ca.pem {_curl_client(case)} "
-        f"-X POST --data '{{\"name\": \"host\"}}' https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/cert/login")
+        f'-X POST --data \'{{"name": "host"}}\' https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/cert/login'
+    )
     try:
         token = json.loads(result.stdout).get("auth", {}).get("client_token")
     except ValueError:
         token = None
     if token:  # the rightful login: leave no token behind
-        hosts[APP1].run(f"curl -s --cacert /etc/sevenleague/pki/openbao-server-ca.pem -H 'X-Vault-Token: {token}' "
-                        f"-X POST https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/token/revoke-self")
+        hosts[APP1].run(
+            f"curl -s --cacert /etc/sevenleague/pki/openbao-server-ca.pem -H 'X-Vault-Token: {token}' "
+            f"-X POST https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/token/revoke-self"
+        )
     return bool(token), f"curl exit {result.rc}: {result.stdout[-300:]}{result.stderr[-300:]}"
 
 
@@ -173,8 +233,7 @@ SERVICES = {"envoy": envoy, "node_exporter": node_exporter, "relp": relp, "openb
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("service", SERVICES)
-def test_mutual_tls_lets_in_only_the_fleets_valid_certificate_of_an_allowed_name(hosts, credentials, service,
-                                                                                 case):
+def test_mutual_tls_lets_in_only_the_fleets_valid_certificate_of_an_allowed_name(hosts, credentials, service, case):
     accepted, detail = SERVICES[service](hosts, case)
     if case == "own":
         assert accepted, f"{service} refused its rightful client: {detail}"
@@ -188,10 +247,14 @@ SSLYZE = ROOT / ".cache" / "sslyze" / "bin" / "sslyze"
 # Mozilla's "intermediate" configuration (version 5.7), TLS 1.2 suites by their IANA names;
 # TLS 1.3 has only AEAD suites.
 INTERMEDIATE_TLS12 = {
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
     "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 }
 OLD_PROTOCOLS = ["ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites"]
@@ -212,9 +275,14 @@ def listening(host) -> set[int]:
     return ports
 
 
-PROTOCOLS = {"ssl_2_0_cipher_suites": "--sslv2", "ssl_3_0_cipher_suites": "--sslv3",
-             "tls_1_0_cipher_suites": "--tlsv1", "tls_1_1_cipher_suites": "--tlsv1_1",
-             "tls_1_2_cipher_suites": "--tlsv1_2", "tls_1_3_cipher_suites": "--tlsv1_3"}
+PROTOCOLS = {
+    "ssl_2_0_cipher_suites": "--sslv2",
+    "ssl_3_0_cipher_suites": "--sslv3",
+    "tls_1_0_cipher_suites": "--tlsv1",
+    "tls_1_1_cipher_suites": "--tlsv1_1",
+    "tls_1_2_cipher_suites": "--tlsv1_2",
+    "tls_1_3_cipher_suites": "--tlsv1_3",
+}
 RELP = 2514
 
 
@@ -224,12 +292,17 @@ def scan(name: str, ports: set[int], protocols: list[str], client: tuple[Path, P
     pid = lab.podman("inspect", "-f", "{{.State.Pid}}", lab.container_name(name)).stdout.strip()
     targets = [f"{LAB_HOSTS[name]}:{port}" for port in sorted(ports)]
     auth = ["--cert", str(client[0]), "--key", str(client[1])] if client else []
-    result = subprocess.run(["nsenter", "-t", pid, "-n", str(SSLYZE), "--json_out=-", *auth,
-                             *(PROTOCOLS[p] for p in protocols), *targets],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["nsenter", "-t", pid, "-n", str(SSLYZE), "--json_out=-", *auth, *(PROTOCOLS[p] for p in protocols), *targets],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return [{"where": f"{name} port {server['server_location']['port']}", "protocols": protocols, **server}
-            for server in json.loads(result.stdout)["server_scan_results"]]
+    return [
+        {"where": f"{name} port {server['server_location']['port']}", "protocols": protocols, **server}
+        for server in json.loads(result.stdout)["server_scan_results"]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -271,10 +344,14 @@ def test_every_tls_port_offers_only_tls_1_2_and_1_3_with_intermediate_suites(sca
         for protocol in server["protocols"]:
             attempt = server["scan_result"][protocol]
             if attempt["status"] != "COMPLETED":
-                weak.append(f"{where}: {protocol} not scanned: {attempt.get('error_reason')} "
-                            f"{(attempt.get('error_trace') or '')[-300:]}")
+                weak.append(
+                    f"{where}: {protocol} not scanned: {attempt.get('error_reason')} "
+                    f"{(attempt.get('error_trace') or '')[-300:]}"
+                )
                 continue
-            accepted[protocol] = {suite["cipher_suite"]["name"] for suite in attempt["result"]["accepted_cipher_suites"]}
+            accepted[protocol] = {
+                suite["cipher_suite"]["name"] for suite in attempt["result"]["accepted_cipher_suites"]
+            }
         for protocol in OLD_PROTOCOLS:
             if accepted.get(protocol):
                 weak.append(f"{where}: {protocol} accepts {sorted(accepted[protocol])}")

@@ -43,13 +43,14 @@ def numbers(hosts, tag: str, host: str = CLIENT) -> list[int]:
 
 def log_numbered(host, tag: str, count: int) -> None:
     """`count` lines, each from its own logger process as separate programs' lines would be."""
-    host.check_output(f"for i in $(seq 1 {count}); do logger -t {tag} \"n=$i\"; done")
+    host.check_output(f'for i in $(seq 1 {count}); do logger -t {tag} "n=$i"; done')
 
 
 def assert_all_arrived(hosts, tag: str, count: int, timeout: float) -> None:
     def complete():
         got = numbers(hosts, tag)
         return set(got) >= set(range(1, count + 1)) and got
+
     got = wait_for(complete, timeout, what=f"all {count} lines of {tag} at the aggregator")
     duplicates = len(got) - len(set(got))
     print(f"{tag}: {count} sent, {len(set(got))} arrived, {duplicates} duplicates")
@@ -58,14 +59,18 @@ def assert_all_arrived(hosts, tag: str, count: int, timeout: float) -> None:
 
 # --- logs ----------------------------------------------------------------------------------------
 
+
 def test_a_line_logged_on_every_host_arrives_under_its_name(hosts):
     token = uuid.uuid4().hex
     for name, host in hosts.items():
         host.check_output(f"logger -t sl-systest 'hello {token} from {name}'")
     for name in hosts:
         path = f"{LOG_DIR}/{name}/sl-systest.log"
-        wait_for(lambda: token in hosts[AGGREGATOR].run(f"cat {path} 2>/dev/null").stdout, 30,
-                 what=f"{name}'s line in {path}")
+        wait_for(
+            lambda path=path: token in hosts[AGGREGATOR].run(f"cat {path} 2>/dev/null").stdout,
+            30,
+            what=f"{name}'s line in {path}",
+        )
         # Filed by where it came from, not by what it says: no other host's file has it.
         others = hosts[AGGREGATOR].run(f"grep -l 'from {name}' {LOG_DIR}/*/sl-systest.log").stdout.split()
         assert others == [path], others
@@ -74,8 +79,11 @@ def test_a_line_logged_on_every_host_arrives_under_its_name(hosts):
 def test_openbaos_audit_trail_reaches_the_aggregator(hosts):
     """The CA host's audit file (rsyslog_files) is shipped beside its journal, as openbao-audit."""
     path = f"{LOG_DIR}/ca1.sevenleague.test/openbao-audit.log"
-    wait_for(lambda: '"type":"response"' in hosts[AGGREGATOR].run(f"tail -n 50 {path} 2>/dev/null").stdout, 60,
-             what=f"OpenBao audit entries in {path}")
+    wait_for(
+        lambda: '"type":"response"' in hosts[AGGREGATOR].run(f"tail -n 50 {path} 2>/dev/null").stdout,
+        60,
+        what=f"OpenBao audit entries in {path}",
+    )
     # Kept out of the CA host's own syslog file: the audit file is its copy there.
     assert '"type":"response"' not in hosts["ca1.sevenleague.test"].run("tail -n 200 /var/log/syslog").stdout
 
@@ -93,9 +101,18 @@ def test_nothing_is_lost_while_the_aggregator_is_down_for_a_minute(hosts):
     hosts[AGGREGATOR].check_output("systemctl stop syslog.socket rsyslog.service")
     with stopped(AGGREGATOR):
         started = time.monotonic()
-        wait_for(lambda: client.run(f"logger -t sl-outage-probe probe; journalctl -u rsyslog --since @{since} "
-                                    f"| grep -q \"'forward-{AGGREGATOR}' suspended\"").rc == 0,
-                 60, 2, "the client's forwarding action suspended")
+        wait_for(
+            lambda: (
+                client.run(
+                    f"logger -t sl-outage-probe probe; journalctl -u rsyslog --since @{since} "
+                    f"| grep -q \"'forward-{AGGREGATOR}' suspended\""
+                ).rc
+                == 0
+            ),
+            60,
+            2,
+            "the client's forwarding action suspended",
+        )
         log_numbered(client, tag, 1000)
         queued = client.check_output("cat /var/lib/prometheus/node-exporter/sevenleague_rsyslog.prom")
         time.sleep(max(0.0, 60 - (time.monotonic() - started)))
@@ -113,8 +130,9 @@ def in_aggregator_mounts(command: str) -> str:
     """`command` in the aggregator's mount namespace, run from the controller: a small filesystem
     mounted as a second disk would be, without letting the container mount anything itself."""
     pid = lab.podman("inspect", "-f", "{{.State.Pid}}", lab.container_name(AGGREGATOR)).stdout.strip()
-    result = subprocess.run(["nsenter", "-t", pid, "-m", "-p", "--", "sh", "-c", command],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["nsenter", "-t", pid, "-m", "-p", "--", "sh", "-c", command], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -130,10 +148,15 @@ def test_nothing_is_lost_while_the_aggregators_disk_is_full(hosts):
         # rsyslog's own mount namespace (its unit's sandbox) is made at start: it sees the new disk.
         aggregator.check_output("systemctl restart rsyslog")
         since = aggregator.check_output("date +%s")
-        aggregator.check_output(f"dd if=/dev/zero of={LOG_DIR}/filler bs=1M count={DRILL_FS_MB - MIN_FREE_MB // 2} "
-                                "status=none")
-        wait_for(lambda: aggregator.run("systemctl is-active --quiet rsyslog").rc != 0, 30, 1,
-                 "the disk guard stopped rsyslog")
+        aggregator.check_output(
+            f"dd if=/dev/zero of={LOG_DIR}/filler bs=1M count={DRILL_FS_MB - MIN_FREE_MB // 2} status=none"
+        )
+        wait_for(
+            lambda: aggregator.run("systemctl is-active --quiet rsyslog").rc != 0,
+            30,
+            1,
+            "the disk guard stopped rsyslog",
+        )
         log_numbered(client, tag, 1000)
         time.sleep(5)
         held = aggregator.run("systemctl is-active --quiet rsyslog syslog.socket").rc != 0
@@ -152,16 +175,20 @@ def test_nothing_is_lost_while_the_aggregators_disk_is_full(hosts):
 def test_nothing_is_lost_across_a_certificate_rotation_of_client_and_aggregator(hosts):
     tag = f"sl-rotate-{uuid.uuid4().hex[:8]}"
     client = hosts[CLIENT]
-    before = {name: hosts[name].check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
-              for name in (CLIENT, AGGREGATOR)}
+    before = {
+        name: hosts[name].check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial")
+        for name in (CLIENT, AGGREGATOR)
+    }
     # A steady stream of numbered lines while both certificates are renewed and rsyslog restarts.
     client.check_output(
         f"rm -f /run/{tag}.stop /run/{tag}.count; nohup sh -c 'i=0; while [ ! -e /run/{tag}.stop ]; do "
-        f"i=$((i+1)); logger -t {tag} \"n=$i\"; sleep 0.02; done; echo $i > /run/{tag}.count' "
-        ">/dev/null 2>&1 &")
+        f'i=$((i+1)); logger -t {tag} "n=$i"; sleep 0.02; done; echo $i > /run/{tag}.count\' '
+        ">/dev/null 2>&1 &"
+    )
     try:
-        run = ansible_playbook("playbooks/rotate-certs.yml", "--limit", f"{CLIENT},{AGGREGATOR}",
-                               log="rotate-certs-logs.log")
+        run = ansible_playbook(
+            "playbooks/rotate-certs.yml", "--limit", f"{CLIENT},{AGGREGATOR}", log="rotate-certs-logs.log"
+        )
     finally:
         client.check_output(f"touch /run/{tag}.stop")
     count = int(wait_for(lambda: client.run(f"cat /run/{tag}.count").stdout.strip(), 30, 1, "the writer's count"))
@@ -174,11 +201,13 @@ def test_nothing_is_lost_across_a_certificate_rotation_of_client_and_aggregator(
 
 # --- metrics -------------------------------------------------------------------------------------
 
+
 def test_prometheus_has_every_hosts_node_exporter_up(hosts):
     def all_up():
         targets = prometheus(hosts, "/api/v1/targets?state=active")["activeTargets"]
         node = {t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "node"}
         return node if node == {name: "up" for name in LAB_HOSTS} else None
+
     wait_for(all_up, 90, 5, "every lab host's node_exporter up in Prometheus")
 
 
@@ -202,7 +231,8 @@ def test_node_exporter_is_closed_to_fleet_hosts_that_are_not_monitoring_hosts(ho
     target = f"https://{LAB_HOSTS[CLIENT]}:9100/metrics"
     result = hosts["app1.sevenleague.test"].run(
         f"curl -sS --connect-timeout 5 --cacert {CURRENT}/ca.pem --cert {CURRENT}/fullchain.pem "
-        f"--key {CURRENT}/key.pem {target}")
+        f"--key {CURRENT}/key.pem {target}"
+    )
     assert result.rc == 28, result.stderr
 
 
@@ -224,15 +254,39 @@ def test_a_screenshot_of_the_targets_page_shows_every_target_up(hosts):
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: `make deps` installs it"
     port = _free_port()
-    tunnel = subprocess.Popen(["ssh", "-F", str(SSH_CONFIG), "-N", "-o", "ExitOnForwardFailure=yes",
-                               "-L", f"127.0.0.1:{port}:127.0.0.1:9090", MONITOR])
+    tunnel = subprocess.Popen(
+        [
+            "ssh",
+            "-F",
+            str(SSH_CONFIG),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{port}:127.0.0.1:9090",
+            MONITOR,
+        ]
+    )
     try:
-        wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/-/ready"],
-                                        capture_output=True).returncode == 0, 30, 1, "the tunnel to Prometheus")
+        wait_for(
+            lambda: (
+                subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/-/ready"], capture_output=True).returncode == 0
+            ),
+            30,
+            1,
+            "the tunnel to Prometheus",
+        )
         # Debian's package serves the classic, server-rendered UI (it leaves out the React one).
         url = f"http://127.0.0.1:{port}/classic/targets"
-        browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                   "--window-size=1400,2400", "--virtual-time-budget=15000"]
+        browser = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,2400",
+            "--virtual-time-budget=15000",
+        ]
         REPORTS.mkdir(parents=True, exist_ok=True)
         shot = REPORTS / "prometheus-targets.png"
         shot.unlink(missing_ok=True)
@@ -248,4 +302,3 @@ def test_a_screenshot_of_the_targets_page_shows_every_target_up(hosts):
     assert re.search(r">\s*UP\s*<", dom, re.I), "no target shown UP"
     assert not re.search(r">\s*DOWN\s*<", dom, re.I), "a target is shown DOWN"
     assert not re.search(r">\s*UNKNOWN\s*<", dom, re.I), "a target is not scraped yet"
-

@@ -13,8 +13,16 @@ import time
 
 import pytest
 import yaml
-from conftest import (LAB_HOSTS, REPORTS, ROOT, ansible_playbook, assert_only_its_own_certificate,
-                      certificate_names, hostile, steady_load)
+from conftest import (
+    LAB_HOSTS,
+    REPORTS,
+    ROOT,
+    ansible_playbook,
+    assert_only_its_own_certificate,
+    certificate_names,
+    hostile,
+    steady_load,
+)
 
 CURRENT = "/etc/sevenleague/pki/current"
 CONFIG = "/etc/sevenleague/certificates/host.json"
@@ -28,8 +36,14 @@ CA_HOST = "ca1.sevenleague.test"
 # life (a day's certificates check every 2 h and back off up to 5 min).
 SHORT_TTL = 270
 FORCE = {"pki_force_renew": True}
-SHORT = {**FORCE, "pki_ttl": SHORT_TTL, "pki_agent_interval": 10, "pki_agent_jitter": 2,
-         "pki_agent_attempts": 40, "pki_agent_backoff_max": 8}
+SHORT = {
+    **FORCE,
+    "pki_ttl": SHORT_TTL,
+    "pki_agent_interval": 10,
+    "pki_agent_jitter": 2,
+    "pki_agent_attempts": 40,
+    "pki_agent_backoff_max": 8,
+}
 TEST_HOOK = "90-system-test"
 HOOK_LOG = "/run/sevenleague-system-test-hook"
 
@@ -43,16 +57,18 @@ def verify(host, tmp_path, root: str, directory: str = CURRENT) -> subprocess.Co
     cert, chain = tmp_path / "cert.pem", tmp_path / "chain.pem"
     cert.write_text(host.file(f"{directory}/cert.pem").content_string)
     chain.write_text(host.file(f"{directory}/chain.pem").content_string)
-    return subprocess.run(["openssl", "verify", "-CAfile", root, "-untrusted", str(chain), str(cert)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", root, "-untrusted", str(chain), str(cert)], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
 def openbao_root(tmp_path_factory):
     """OpenBao's root as its API serves it."""
     path = tmp_path_factory.mktemp("openbao") / "root.pem"
-    subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-o", str(path), f"{OPENBAO}/v1/pki/ca/pem"],
-                   check=True)
+    subprocess.run(
+        ["curl", "-sSf", "--cacert", str(SERVER_CA), "-o", str(path), f"{OPENBAO}/v1/pki/ca/pem"], check=True
+    )
     return str(path)
 
 
@@ -65,10 +81,10 @@ def test_certificate_names_the_host_and_lives_a_day(hosts, lab_host):
     host = hosts[lab_host]
     text = host.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -ext subjectAltName")
     assert f"DNS:{lab_host}" in text and f"IP Address:{LAB_HOSTS[lab_host]}" in text
-    start = int(host.check_output(
-        f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)\" +%s"))
-    end = int(host.check_output(
-        f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s"))
+    start = int(
+        host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)" +%s')
+    )
+    end = int(host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s'))
     assert 86400 <= end - start <= 86400 + 300
 
 
@@ -85,9 +101,13 @@ def test_openbaos_listener_comes_from_openbao_and_renews_on_its_own(hosts, openb
     result = verify(ca, tmp_path, openbao_root, "/etc/openbao/tls/current")
     assert result.returncode == 0, result.stdout + result.stderr
     assert ca.service("sevenleague-pki-renew-openbao.timer").is_running
-    served = subprocess.run(f"openssl s_client -connect 10.213.7.11:8200 -CAfile {openbao_root} -verify_return_error"
-                            f" </dev/null 2>/dev/null | openssl x509 -noout -serial", shell=True,
-                            capture_output=True, text=True)
+    served = subprocess.run(
+        f"openssl s_client -connect 10.213.7.11:8200 -CAfile {openbao_root} -verify_return_error"
+        f" </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert served.stdout.strip().split("=")[1].lower() == serial(ca, LISTENER_CONFIG)
 
 
@@ -101,8 +121,14 @@ def test_a_refused_issuance_leaves_the_host_as_it_was(hosts):
     # the request is gone, and the host keeps its certificate.
     host = hosts["app1.sevenleague.test"]
     before, target = serial(host), host.file(CURRENT).linked_to
-    run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e",
-                           json.dumps({**FORCE, "pki_openbao_role": "no-such-role"}), log="pki-refused.log")
+    run = ansible_playbook(
+        "playbooks/pki.yml",
+        "--limit",
+        "app1.sevenleague.test",
+        "-e",
+        json.dumps({**FORCE, "pki_openbao_role": "no-such-role"}),
+        log="pki-refused.log",
+    )
     assert run.rc != 0
     assert "No new certificate for app1.sevenleague.test (host), the current one stays in place" in run.output
     assert "no-such-role" in run.output
@@ -117,8 +143,14 @@ def test_a_hostile_host_gets_no_certificate_for_another_hosts_names(hosts):
     host = hosts["app1.sevenleague.test"]
     before = serial(host)
     with hostile(host, "app1.sevenleague.test") as used:
-        run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e", json.dumps(FORCE),
-                               log="pki-hostile-openbao.log")
+        run = ansible_playbook(
+            "playbooks/pki.yml",
+            "--limit",
+            "app1.sevenleague.test",
+            "-e",
+            json.dumps(FORCE),
+            log="pki-hostile-openbao.log",
+        )
         assert used()
     assert run.rc != 0
     assert "the CSR's CN 'app2.sevenleague.test' differs from common_name 'app1.sevenleague.test'" in run.output
@@ -126,8 +158,9 @@ def test_a_hostile_host_gets_no_certificate_for_another_hosts_names(hosts):
     assert serial(host) == before
     assert certificate_names(host) == {"DNS:app1.sevenleague.test", "IP Address:10.213.7.21"}
     # The honest tool again: a renewal works as before.
-    again = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e", json.dumps(FORCE),
-                             log="pki-after-hostile.log")
+    again = ansible_playbook(
+        "playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e", json.dumps(FORCE), log="pki-after-hostile.log"
+    )
     assert_only_its_own_certificate(again, host, before, serial(host))
 
 
@@ -180,6 +213,7 @@ def test_check_mode_right_after_a_rotation_is_clean(rotation):
 
 # --- left alone, and OpenBao away: the timers renew every certificate ----------------------------
 
+
 def certificates(hosts) -> dict[tuple[str, str], str]:
     """(host, certificate name) -> serial, OpenBao's listener included."""
     found = {(name, "host"): serial(host) for name, host in hosts.items()}
@@ -189,9 +223,12 @@ def certificates(hosts) -> dict[tuple[str, str], str]:
 
 def expiries(hosts) -> dict[tuple[str, str], int]:
     """(host, certificate name) -> the certificate's end, in seconds since the epoch."""
+
     def end(host, directory):
-        return int(host.check_output(f"date -d \"$(openssl x509 -in {directory}/cert.pem -noout -enddate"
-                                     f" | cut -d= -f2)\" +%s"))
+        return int(
+            host.check_output(f'date -d "$(openssl x509 -in {directory}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
+        )
+
     found = {(name, "host"): end(host, CURRENT) for name, host in hosts.items()}
     found[(CA_HOST, "openbao")] = end(hosts[CA_HOST], "/etc/openbao/tls/current")
     return found
@@ -203,9 +240,11 @@ def hook_dirs(name):
 
 # OpenBao "down": its port refused on the CA host (a table of the drill's own, ahead of the
 # role's), for every client, the CA host's own listener renewal included.
-OPENBAO_DOWN = ("nft add table inet sl_drill && nft add chain inet sl_drill input "
-                "'{ type filter hook input priority -10 ; }' && "
-                "nft add rule inet sl_drill input tcp dport 8200 reject with tcp reset")
+OPENBAO_DOWN = (
+    "nft add table inet sl_drill && nft add chain inet sl_drill input "
+    "'{ type filter hook input priority -10 ; }' && "
+    "nft add rule inet sl_drill input tcp dport 8200 reject with tcp reset"
+)
 OPENBAO_UP = "nft delete table inet sl_drill"
 
 
@@ -219,11 +258,14 @@ def left_alone(rotation, hosts):
     ca = hosts[CA_HOST]
     for name, host in hosts.items():
         for directory in hook_dirs(name):
-            host.check_output(f"printf '#!/bin/sh\\necho \"$SEVENLEAGUE_PKI_NAME $SEVENLEAGUE_PKI_SERIAL\" "
-                              f">> {HOOK_LOG}\\n' > {directory}/{TEST_HOOK} && chmod 755 {directory}/{TEST_HOOK}")
+            host.check_output(
+                f'printf \'#!/bin/sh\\necho "$SEVENLEAGUE_PKI_NAME $SEVENLEAGUE_PKI_SERIAL" '
+                f">> {HOOK_LOG}\\n' > {directory}/{TEST_HOOK} && chmod 755 {directory}/{TEST_HOOK}"
+            )
         host.check_output(f"rm -f {HOOK_LOG}")
-    short = ansible_playbook("playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(SHORT),
-                             log="pki-short-ttl.log")
+    short = ansible_playbook(
+        "playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(SHORT), log="pki-short-ttl.log"
+    )
     assert short.rc == 0, short.output[-3000:]
     issued, ends = certificates(hosts), expiries(hosts)
     with steady_load(hosts["app1.sevenleague.test"], MESH_URL, 20) as load:
@@ -243,24 +285,46 @@ def left_alone(rotation, hosts):
             for key, value in certificates(hosts).items():
                 if value != issued[key] and key not in renewed:
                     renewed[key], renewed_at[key] = value, time.time()
-    logs = {name: host.file(HOOK_LOG).content_string if host.file(HOOK_LOG).exists else ""
-            for name, host in hosts.items()}
-    journals = {name: host.check_output("journalctl -t sevenleague-pki --no-pager -o cat --since=-15min")
-                for name, host in hosts.items()}
+    logs = {
+        name: host.file(HOOK_LOG).content_string if host.file(HOOK_LOG).exists else "" for name, host in hosts.items()
+    }
+    journals = {
+        name: host.check_output("journalctl -t sevenleague-pki --no-pager -o cat --since=-15min")
+        for name, host in hosts.items()
+    }
     # The drill's figures, for docs/operations.md.
-    (REPORTS / "openbao-away.json").write_text(json.dumps({
-        "certificate_seconds": SHORT_TTL, "openbao_away_seconds": round(up_at - down_at),
-        "renewed_seconds_after_openbao_returned": {f"{name} {cert}": round(at - up_at)
-                                                    for (name, cert), at in renewed_at.items()},
-        "seconds_left_at_renewal": {f"{name} {cert}": round(ends[(name, cert)] - at)
-                                    for (name, cert), at in renewed_at.items()},
-        "mesh_requests": load}, indent=1))
-    yield {"issued": issued, "ends": ends, "during": during, "renewed": renewed, "renewed_at": renewed_at,
-           "down": up_at - down_at, "logs": logs, "journals": journals, "load": load}
+    (REPORTS / "openbao-away.json").write_text(
+        json.dumps(
+            {
+                "certificate_seconds": SHORT_TTL,
+                "openbao_away_seconds": round(up_at - down_at),
+                "renewed_seconds_after_openbao_returned": {
+                    f"{name} {cert}": round(at - up_at) for (name, cert), at in renewed_at.items()
+                },
+                "seconds_left_at_renewal": {
+                    f"{name} {cert}": round(ends[(name, cert)] - at) for (name, cert), at in renewed_at.items()
+                },
+                "mesh_requests": load,
+            },
+            indent=1,
+        )
+    )
+    yield {
+        "issued": issued,
+        "ends": ends,
+        "during": during,
+        "renewed": renewed,
+        "renewed_at": renewed_at,
+        "down": up_at - down_at,
+        "logs": logs,
+        "journals": journals,
+        "load": load,
+    }
     for name, host in hosts.items():
         host.check_output(f"rm -f {HOOK_LOG} " + " ".join(f"{d}/{TEST_HOOK}" for d in hook_dirs(name)))
-    back = ansible_playbook("playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(FORCE),
-                            log="pki-back-to-a-day.log")
+    back = ansible_playbook(
+        "playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(FORCE), log="pki-back-to-a-day.log"
+    )
     assert back.rc == 0, back.output[-3000:]
 
 
@@ -272,8 +336,11 @@ def test_services_keep_working_on_their_certificates_while_openbao_is_away(left_
 
 
 def test_renewals_retry_with_backoff_while_openbao_is_away(left_alone):
-    retried = [name for name, journal in left_alone["journals"].items()
-               if re.search(r"attempt \d+/\d+ failed: cannot reach OpenBao .*; retrying in", journal)]
+    retried = [
+        name
+        for name, journal in left_alone["journals"].items()
+        if re.search(r"attempt \d+/\d+ failed: cannot reach OpenBao .*; retrying in", journal)
+    ]
     assert retried, {name: journal[-1500:] for name, journal in left_alone["journals"].items()}
 
 
@@ -281,14 +348,16 @@ def test_every_timer_renews_its_certificate_once_openbao_is_back_before_anything
     drill = left_alone
     missing = sorted(set(drill["issued"]) - set(drill["renewed"]))
     assert not missing, f"not renewed by their timers within {SHORT_TTL} s of OpenBao's return: {missing}"
-    late = {key: round(drill["renewed_at"][key] - end) for key, end in drill["ends"].items()
-            if drill["renewed_at"][key] >= end}
+    late = {
+        key: round(drill["renewed_at"][key] - end)
+        for key, end in drill["ends"].items()
+        if drill["renewed_at"][key] >= end
+    }
     assert not late, f"renewed only after the certificate ended (seconds late): {late}"
     for (name, cert), new_serial in drill["renewed"].items():
         # The converge's install ran the hook, then the timer's renewal; each names its serial.
         logs = drill["logs"][name]
-        assert f"{cert} {drill['issued'][(name, cert)]}" in logs and f"{cert} {new_serial}" in logs, \
-            (name, cert, logs)
+        assert f"{cert} {drill['issued'][(name, cert)]}" in logs and f"{cert} {new_serial}" in logs, (name, cert, logs)
         assert f"certificate {new_serial} valid until" in drill["journals"][name], drill["journals"][name][-2000:]
 
 
@@ -296,25 +365,48 @@ def test_openbao_serves_its_renewed_listener_certificate(left_alone, hosts, open
     issued = left_alone["issued"]
     now = serial(hosts[CA_HOST], LISTENER_CONFIG)
     assert now != issued[(CA_HOST, "openbao")]
-    served = subprocess.run(f"openssl s_client -connect 10.213.7.11:8200 -CAfile {openbao_root} -verify_return_error"
-                            f" </dev/null 2>/dev/null | openssl x509 -noout -serial", shell=True,
-                            capture_output=True, text=True)
+    served = subprocess.run(
+        f"openssl s_client -connect 10.213.7.11:8200 -CAfile {openbao_root} -verify_return_error"
+        f" </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert served.stdout.strip().split("=")[1].lower() == now
 
 
 def ansible_token() -> str:
     """Ansible's OpenBao token, from the openbao role's encrypted file (as an operator reads it)."""
     secrets = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "ansible-vault"), "view", "--vault-password-file",
-         str(ROOT / ".lab" / "openbao-passphrase"),
-         str(ROOT / "inventories" / "lab" / ".openbao" / "ansible-token.vault")],
-        capture_output=True, text=True, check=True).stdout
+        [
+            str(ROOT / ".venv" / "bin" / "ansible-vault"),
+            "view",
+            "--vault-password-file",
+            str(ROOT / ".lab" / "openbao-passphrase"),
+            str(ROOT / "inventories" / "lab" / ".openbao" / "ansible-token.vault"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return yaml.safe_load(secrets)["token"]
 
 
 def renewal_roles() -> list[str]:
-    listing = subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {ansible_token()}",
-                              f"{OPENBAO}/v1/pki_int/roles?list=true"], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        [
+            "curl",
+            "-sSf",
+            "--cacert",
+            str(SERVER_CA),
+            "-H",
+            f"X-Vault-Token: {ansible_token()}",
+            f"{OPENBAO}/v1/pki_int/roles?list=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(listing.stdout)["data"]["keys"]
 
 
@@ -338,9 +430,15 @@ def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2)
     app2 = hosts["app2.sevenleague.test"]
     renew = "sevenleague-pki renew --force --config " + CONFIG
     assert "renew-app2.sevenleague.test" in renewal_roles()
-    left = ansible_playbook("playbooks/openbao.yml", "-i", str(without_app2), "--tags", "openbao_init,openbao_pki",
-                            env={"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab")},
-                            log="openbao-without-app2.log")
+    left = ansible_playbook(
+        "playbooks/openbao.yml",
+        "-i",
+        str(without_app2),
+        "--tags",
+        "openbao_init,openbao_pki",
+        env={"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab")},
+        log="openbao-without-app2.log",
+    )
     assert left.rc == 0, left.output[-3000:]
     assert "renew-app2.sevenleague.test" not in renewal_roles()
     before = serial(app2)

@@ -38,8 +38,11 @@ def on_builtin(hosts):
     before = {name: serial(host) for name, host in hosts.items()}
     first = ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-1.log")
     # The certificate layer again: nothing may flap between the backends' settings.
-    second = (ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-2.log")
-              if first.rc == 0 else first)
+    second = (
+        ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-2.log")
+        if first.rc == 0
+        else first
+    )
     return before, first, second
 
 
@@ -67,13 +70,20 @@ def test_a_hostile_host_gets_no_certificate_for_another_hosts_names_from_the_bui
     host = hosts["app1.sevenleague.test"]
     before = serial(host)
     with hostile(host, "app1.sevenleague.test") as used:
-        run = ansible_playbook("playbooks/pki.yml", "--limit", "app1.sevenleague.test", "-e",
-                               json.dumps({"pki_force_renew": True, "pki_extra_trust_files": [str(OPENBAO_ROOT)]}),
-                               env=BUILTIN, log="pki-hostile-builtin.log")
+        run = ansible_playbook(
+            "playbooks/pki.yml",
+            "--limit",
+            "app1.sevenleague.test",
+            "-e",
+            json.dumps({"pki_force_renew": True, "pki_extra_trust_files": [str(OPENBAO_ROOT)]}),
+            env=BUILTIN,
+            log="pki-hostile-builtin.log",
+        )
         assert used()
     assert run.rc != 0
-    assert ("the CSR's SANs (10.213.7.22, app2.sevenleague.test) differ from sans "
-            "(10.213.7.21, app1.sevenleague.test)") in run.output
+    assert (
+        "the CSR's SANs (10.213.7.22, app2.sevenleague.test) differ from sans (10.213.7.21, app1.sevenleague.test)"
+    ) in run.output
     assert serial(host) == before
     assert certificate_names(host) == {"DNS:app1.sevenleague.test", "IP Address:10.213.7.21"}
 
@@ -88,15 +98,28 @@ def ca_rollover(on_builtin, hosts):
     limited_left_next = NEXT_DIR.exists()
     with stopped(APP2):
         down = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca-app2-down.log")
-        after_down = {"root": (CA_DIR / "root.crt").read_text(), "switched": PREVIOUS_DIR.exists(),
-                      "next_root": (NEXT_DIR / "root.crt").read_text() if NEXT_DIR.exists() else "",
-                      "bundles": {name: host.file(f"{CURRENT}/ca.pem").content_string
-                                  for name, host in hosts.items() if name != APP2}}
+        after_down = {
+            "root": (CA_DIR / "root.crt").read_text(),
+            "switched": PREVIOUS_DIR.exists(),
+            "next_root": (NEXT_DIR / "root.crt").read_text() if NEXT_DIR.exists() else "",
+            "bundles": {
+                name: host.file(f"{CURRENT}/ca.pem").content_string for name, host in hosts.items() if name != APP2
+            },
+        }
     rest = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca.log")
     retired = sorted(RETIRED_DIR.iterdir()) if RETIRED_DIR.exists() else []
     again = ansible_playbook("playbooks/rotate-ca.yml", env=BUILTIN, log="rotate-ca-again.log")
-    return {"old_root": old_root, "before": before, "limited": limited, "limited_left_next": limited_left_next,
-            "down": down, "after_down": after_down, "rest": rest, "retired": retired, "again": again}
+    return {
+        "old_root": old_root,
+        "before": before,
+        "limited": limited,
+        "limited_left_next": limited_left_next,
+        "down": down,
+        "after_down": after_down,
+        "rest": rest,
+        "retired": retired,
+        "again": again,
+    }
 
 
 def test_rotate_ca_refuses_to_roll_over_part_of_the_fleet(ca_rollover):
@@ -117,8 +140,7 @@ def test_rotate_ca_with_a_host_down_stops_before_the_switch(ca_rollover):
         assert ca_rollover["old_root"].strip() in bundle and after["next_root"].strip() in bundle, name
 
 
-def test_rotate_ca_resumes_and_moves_every_host_to_the_new_root_once_the_host_is_back(ca_rollover, hosts,
-                                                                                      tmp_path):
+def test_rotate_ca_resumes_and_moves_every_host_to_the_new_root_once_the_host_is_back(ca_rollover, hosts, tmp_path):
     run = ca_rollover["rest"]
     assert run.rc == 0, run.output[-3000:]
     new_root = (CA_DIR / "root.crt").read_text()
@@ -146,13 +168,13 @@ def test_rotate_ca_after_a_finished_rollover_changes_nothing(ca_rollover):
 @pytest.fixture(scope="module")
 def back_on_openbao(ca_rollover, hosts):
     # OpenBao's listener holds a certificate from the built-in CA, which rolled over.
-    run = ansible_playbook("playbooks/openbao.yml", "playbooks/pki.yml", "-e", trust(CA_DIR / "root.crt"),
-                           log="pki-openbao-again.log")
+    run = ansible_playbook(
+        "playbooks/openbao.yml", "playbooks/pki.yml", "-e", trust(CA_DIR / "root.crt"), log="pki-openbao-again.log"
+    )
     return run
 
 
-def test_moving_back_to_openbao_gives_every_host_an_openbao_certificate_and_its_timer(back_on_openbao, hosts,
-                                                                                       tmp_path):
+def test_moving_back_to_openbao_gives_every_host_an_openbao_certificate_and_its_timer(back_on_openbao, hosts, tmp_path):
     assert back_on_openbao.rc == 0, back_on_openbao.output[-3000:]
     for name, host in hosts.items():
         result = verify(host, tmp_path, str(OPENBAO_ROOT))

@@ -19,8 +19,12 @@ OPENBAO_ROOT = str(ROOT / "inventories" / "lab" / ".openbao" / "root.crt")
 
 
 def api(path: str) -> dict:
-    answer = subprocess.run(["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {ansible_token()}",
-                             f"{OPENBAO}/v1/{path}"], capture_output=True, text=True, check=True)
+    answer = subprocess.run(
+        ["curl", "-sSf", "--cacert", str(SERVER_CA), "-H", f"X-Vault-Token: {ansible_token()}", f"{OPENBAO}/v1/{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(answer.stdout)["data"]
 
 
@@ -42,8 +46,11 @@ def chain(host, directory: str = CURRENT) -> str:
 def rollover(hosts):
     """Phase 1 alone; a timer renewal on app2 in between; the rest; the playbook once more."""
     app2 = hosts[APP2]
-    before = {"issuers": signing_issuers(), "chain": chain(app2),
-              "serials": {name: serial(host) for name, host in hosts.items()}}
+    before = {
+        "issuers": signing_issuers(),
+        "chain": chain(app2),
+        "serials": {name: serial(host) for name, host in hosts.items()},
+    }
     # app2's own timer stays still until the renewal below: run by chance in between, it would
     # renew first and leave that renewal nothing to do.
     app2.check_output(f"systemctl stop {APP2_TIMER}")
@@ -58,8 +65,15 @@ def rollover(hosts):
     rest = ansible_playbook(PLAYBOOK, log="rotate-openbao.log")
     after = {"issuers": signing_issuers(), "login_trust": login_trust()}
     again = ansible_playbook(PLAYBOOK, log="rotate-openbao-again.log")
-    return {"before": before, "trust": trust, "middle": middle, "timer": timer, "rest": rest, "after": after,
-            "again": again}
+    return {
+        "before": before,
+        "trust": trust,
+        "middle": middle,
+        "timer": timer,
+        "rest": rest,
+        "after": after,
+        "again": again,
+    }
 
 
 def test_first_phase_adds_an_intermediate_that_login_trusts_beside_the_old_one(rollover):
@@ -71,8 +85,7 @@ def test_first_phase_adds_an_intermediate_that_login_trusts_beside_the_old_one(r
     assert before["chain"].split("-----END CERTIFICATE-----")[0] in middle["login_trust"]
 
 
-def test_a_host_still_on_the_old_intermediate_logs_in_and_renews_from_the_new_one(rollover, hosts,
-                                                                                   tmp_path):
+def test_a_host_still_on_the_old_intermediate_logs_in_and_renews_from_the_new_one(rollover, hosts, tmp_path):
     timer = rollover["timer"]
     assert timer.rc == 0, timer.stdout + timer.stderr
     assert json.loads(timer.stdout)["changed"] is True
@@ -83,8 +96,7 @@ def test_a_host_still_on_the_old_intermediate_logs_in_and_renews_from_the_new_on
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_rollover_moves_every_certificate_to_the_new_intermediate_and_retires_the_old(rollover, hosts,
-                                                                                          tmp_path):
+def test_the_rollover_moves_every_certificate_to_the_new_intermediate_and_retires_the_old(rollover, hosts, tmp_path):
     run, after = rollover["rest"], rollover["after"]
     assert run.rc == 0, run.output[-3000:]
     old, new = rollover["before"]["issuers"][0], after["issuers"]
@@ -101,10 +113,20 @@ def test_the_rollover_moves_every_certificate_to_the_new_intermediate_and_retire
     assert serial(hosts[CA_HOST], LISTENER_CONFIG)
     # The root revoked the old intermediate: its serial is on the root's CRL.
     old_intermediate = rollover["before"]["chain"]
-    crl = subprocess.run(f"curl -sSf --cacert {SERVER_CA} {OPENBAO}/v1/pki/crl/pem | openssl crl -noout -text",
-                         shell=True, capture_output=True, text=True, check=True).stdout
-    old_cert_serial = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=old_intermediate,
-                                     capture_output=True, text=True, check=True).stdout.split("=")[1].strip()
+    crl = subprocess.run(
+        f"curl -sSf --cacert {SERVER_CA} {OPENBAO}/v1/pki/crl/pem | openssl crl -noout -text",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    old_cert_serial = (
+        subprocess.run(
+            ["openssl", "x509", "-noout", "-serial"], input=old_intermediate, capture_output=True, text=True, check=True
+        )
+        .stdout.split("=")[1]
+        .strip()
+    )
     assert old_cert_serial.upper() in crl.replace(":", "").upper()
 
 

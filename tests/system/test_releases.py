@@ -21,22 +21,40 @@ HOST = "old1.sevenleague.test"
 def old_host(converged, tmp_path_factory):
     image = lab.build_base_image("bullseye")
     lab.podman("rm", "-f", "-t", "0", NAME, check=False)
-    lab.podman("run", "-d", "--name", NAME, "--hostname", HOST, "--label", lab.LABEL,
-               "--network", "none", image, "sleep", "infinity")
+    lab.podman(
+        "run",
+        "-d",
+        "--name",
+        NAME,
+        "--hostname",
+        HOST,
+        "--label",
+        lab.LABEL,
+        "--network",
+        "none",
+        image,
+        "sleep",
+        "infinity",
+    )
     inventory = tmp_path_factory.mktemp("old-host") / "hosts.yml"
     inventory.write_text(
         "all:\n  children:\n    apps:\n      hosts:\n"
         f"        {HOST}:\n          ansible_connection: containers.podman.podman\n"
-        f"          ansible_host: {NAME}\n")
+        f"          ansible_host: {NAME}\n"
+    )
     yield inventory
     lab.podman("rm", "-f", "-t", "0", NAME, check=False)
 
 
 def state(name: str) -> str:
     """What the baseline would change first: the apt sources and the installed packages."""
-    return lab.podman("exec", name, "sh", "-c",
-                      "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d; "
-                      "dpkg-query -W -f '${Package} ${Version}\\n'").stdout
+    return lab.podman(
+        "exec",
+        name,
+        "sh",
+        "-c",
+        "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d; dpkg-query -W -f '${Package} ${Version}\\n'",
+    ).stdout
 
 
 def test_site_stops_in_preflight_on_an_unsupported_release_and_changes_nothing(old_host):
@@ -44,8 +62,11 @@ def test_site_stops_in_preflight_on_an_unsupported_release_and_changes_nothing(o
     old_before = state(NAME)
     run = ansible_playbook("site.yml", "-i", "inventories/lab", "-i", str(old_host), log="site-bullseye.log")
     assert run.rc != 0
-    assert (f"{HOST} runs Debian 11" in run.output and "(bullseye)" in run.output
-            and "supports Debian 12 (bookworm) and 13 (trixie) only" in run.output), run.output[-3000:]
+    assert (
+        f"{HOST} runs Debian 11" in run.output
+        and "(bullseye)" in run.output
+        and "supports Debian 12 (bookworm) and 13 (trixie) only" in run.output
+    ), run.output[-3000:]
     # The preflight stops every host before any change (any_errors_fatal).
     assert run.recap and all(r["changed"] == 0 for r in run.recap.values()), run.recap
     assert "Write the Debian sources" not in run.output

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, stopped, steady_load
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, steady_load, stopped
 from test_pki import renewal_roles
 
 APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
@@ -61,21 +61,27 @@ def greeter_release(workdir: Path, version: str, broken: bool = False) -> Path:
         text = svc.read_text()
         assert '"fault_healthz": False' in text
         svc.write_text(text.replace('"fault_healthz": False', '"fault_healthz": True'))
-        md5 = subprocess.run(["md5sum", "usr/lib/greeter/svc.py"], cwd=tree, check=True, capture_output=True,
-                             text=True).stdout
+        md5 = subprocess.run(
+            ["md5sum", "usr/lib/greeter/svc.py"], cwd=tree, check=True, capture_output=True, text=True
+        ).stdout
         sums = tree / "DEBIAN" / "md5sums"
         sums.write_text(re.sub(r"^\S+  usr/lib/greeter/svc\.py\n", md5, sums.read_text(), flags=re.M))
     for path in [tree, *tree.rglob("*")]:
         os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
     out = workdir / f"greeter_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True,
-                   capture_output=True, env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)))
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)],
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
+    )
     return out
 
 
 def deploy(version: str, *extra: str, log: str):
-    return ansible_playbook("playbooks/deploy.yml", "-e", "service=greeter", "-e", f"version={version}",
-                            *extra, log=log)
+    return ansible_playbook(
+        "playbooks/deploy.yml", "-e", "service=greeter", "-e", f"version={version}", *extra, log=log
+    )
 
 
 def greeters(app1, count: int = 40) -> dict[str, int]:
@@ -99,8 +105,9 @@ def grown(hosts):
     ADDED.write_text(ADDED_HOST)
     subprocess.run([sys.executable, str(ROOT / "lab" / "lab.py"), "up"], check=True, capture_output=True)
     bare = lab.podman("exec", lab.container_name(APP3), "sh", "-c", "command -v python3", check=False).returncode != 0
-    bootstrap = subprocess.run([sys.executable, str(ROOT / "bootstrap" / "bootstrap.py"), APP3], cwd=ROOT,
-                               capture_output=True, text=True)
+    bootstrap = subprocess.run(
+        [sys.executable, str(ROOT / "bootstrap" / "bootstrap.py"), APP3], cwd=ROOT, capture_output=True, text=True
+    )
     (REPORTS / "bootstrap-app3.log").write_text(bootstrap.stdout + bootstrap.stderr)
     run = ansible_playbook("site.yml", log="site-grown.log") if bootstrap.returncode == 0 else None
     app3 = testinfra.get_host(f"ssh://{APP3}", ssh_config=str(SSH_CONFIG))
@@ -141,8 +148,11 @@ def test_prometheus_scrapes_an_added_host_and_its_logs_reach_the_aggregator(grow
     while time.monotonic() < deadline:
         line = aggregator.run(f"cat /var/log/hosts/{APP3}/{tag}.log 2>/dev/null").stdout
         targets = json.loads(mon.check_output("curl -sf 'http://127.0.0.1:9090/api/v1/targets?state=active'"))
-        up = {t["labels"]["job"]: t["health"] for t in targets["data"]["activeTargets"]
-              if t["labels"].get("instance") == APP3}
+        up = {
+            t["labels"]["job"]: t["health"]
+            for t in targets["data"]["activeTargets"]
+            if t["labels"].get("instance") == APP3
+        }
         if "n=1 from the added host" in line and up.get("node") == "up" and up.get("envoy") == "up":
             break
         time.sleep(5)
@@ -155,8 +165,9 @@ def published(grown, tmp_path_factory):
     """The good and the broken release in the repository, next to the pinned one."""
     workdir = tmp_path_factory.mktemp("releases")
     debs = [str(greeter_release(workdir, GOOD)), str(greeter_release(workdir, BROKEN, broken=True))]
-    run = ansible_playbook("playbooks/publish.yml", "-e", json.dumps({"apt_repo_publish_debs": debs}),
-                           log="publish-rollout.log")
+    run = ansible_playbook(
+        "playbooks/publish.yml", "-e", json.dumps({"apt_repo_publish_debs": debs}), log="publish-rollout.log"
+    )
     assert run.rc == 0, run.output[-3000:]
     return grown
 

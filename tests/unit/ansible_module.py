@@ -30,12 +30,24 @@ def run_module(module: str, args: dict, tmp_path: Path) -> tuple[dict, str]:
     Returns the module's result and everything Ansible printed (to check secrets stay out of it).
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VAULT_", "BAO_"))}
-    env.update({"ANSIBLE_LIBRARY": "library", "ANSIBLE_MODULE_UTILS": "module_utils",
-                "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-                "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1"})
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-M", "library", "-m", module,
-                           "-a", json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env.update(
+        {
+            "ANSIBLE_LIBRARY": "library",
+            "ANSIBLE_COLLECTIONS_PATH": "collections",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+        }
+    )
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-M", "library", "-m", module, "-a", json.dumps(args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # ansible.cfg's profile_tasks callback prints around the JSON document.
-    document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1:])
+    document, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1 :])
     return document["plays"][0]["tasks"][0]["hosts"]["localhost"], proc.stdout + proc.stderr

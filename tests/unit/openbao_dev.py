@@ -45,8 +45,10 @@ def dev_server(tmp: Path, tls: bool = False):
             deadline, ca = time.monotonic() + STARTUP_SECONDS, None
             while True:
                 if proc.poll() is not None:
-                    pytest.fail(f"{' '.join(args[1:4])} exited with {proc.returncode}: "
-                                f"{log_path.read_text(errors='replace')[-2000:]}")
+                    pytest.fail(
+                        f"{' '.join(args[1:4])} exited with {proc.returncode}: "
+                        f"{log_path.read_text(errors='replace')[-2000:]}"
+                    )
                 cas = sorted(certs.glob("*-ca.pem"))
                 if cas or not tls:
                     ca = str(cas[0]) if cas else None

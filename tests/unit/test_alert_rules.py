@@ -44,8 +44,7 @@ def render_slo_rules(slos: list[dict]) -> str:
     """Render the template with Ansible's template settings (trim_blocks on)."""
     env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["comment"] = lambda text: "#\n# " + text + "\n#"
-    return env.from_string(SLO_TEMPLATE.read_text()).render(
-        prometheus_slos=slos, ansible_managed="Ansible managed")
+    return env.from_string(SLO_TEMPLATE.read_text()).render(prometheus_slos=slos, ansible_managed="Ansible managed")
 
 
 def install(text: str) -> str:
@@ -85,8 +84,10 @@ def promtool() -> str:
             if fetched.returncode == 0:
                 break
         else:
-            pytest.fail(f"`apt-get download prometheus` failed ({fetched.stderr.strip()}); "
-                        "run `apt-get update`, or set SEVENLEAGUE_PROMTOOL to a promtool binary")
+            pytest.fail(
+                f"`apt-get download prometheus` failed ({fetched.stderr.strip()}); "
+                "run `apt-get update`, or set SEVENLEAGUE_PROMTOOL to a promtool binary"
+            )
         deb = next(Path(work).glob(f"{package}_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(work) / "root")], check=True)
         # Only the binary is kept; a concurrent run at worst replaces it with the same file.
@@ -108,9 +109,16 @@ def installed(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def promtool_runs(promtool, installed):
     """Every test file's `promtool test rules`, started at once: they take seconds each."""
-    runs = {path.name: subprocess.Popen([promtool, "test", "rules", path.name], cwd=installed,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for path in TEST_FILES}
+    runs = {
+        path.name: subprocess.Popen(
+            [promtool, "test", "rules", path.name],
+            cwd=installed,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for path in TEST_FILES
+    }
     yield runs
     for run in runs.values():  # those of deselected tests
         if run.poll() is None:
@@ -121,8 +129,9 @@ def promtool_runs(promtool, installed):
 def test_rule_files_pass_promtool_check(promtool, installed, tmp_path):
     # No SLO must still be a valid file, and two SLOs must not trip the duplicate-rule lint.
     (tmp_path / "slo-none.rules.yml").write_text(install(render_slo_rules([])))
-    (tmp_path / "slo-two.rules.yml").write_text(install(render_slo_rules(
-        [*SLOS, {"service": "store", "objective": 0.99}])))
+    (tmp_path / "slo-two.rules.yml").write_text(
+        install(render_slo_rules([*SLOS, {"service": "store", "objective": 0.99}]))
+    )
     files = [*sorted(installed.glob("*.rules.yml")), *sorted(tmp_path.glob("*.rules.yml"))]
     checked = subprocess.run([promtool, "check", "rules", *map(str, files)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -166,8 +175,7 @@ def test_every_alert_says_how_urgent_it_is_and_where_its_runbook_is(name):
 def test_every_alert_has_a_runbook_that_says_what_to_do(name):
     runbook = RUNBOOKS / f"{name}.md"
     assert runbook.exists()
-    headings = [line.lstrip("#").strip().lower() for line in runbook.read_text().splitlines()
-                if line.startswith("## ")]
+    headings = [line.lstrip("#").strip().lower() for line in runbook.read_text().splitlines() if line.startswith("## ")]
     for section in RUNBOOK_SECTIONS:
         assert any(heading.startswith(section) for heading in headings), f"no '## {section}' section"
 

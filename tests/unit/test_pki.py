@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pki_builtin_ca as mod
 import pytest
-import sevenleague_pki as pki
 from ansible_module import assert_documented, run_module
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,9 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from ansible_collections.sevenleague.platform.plugins.module_utils import ca_keyfile, pki
+
 ROOT = Path(__file__).resolve().parents[2]
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 DOMAIN = "sevenleague.test"
 NETWORK = "10.213.7.0/24"
 HOST = f"app1.{DOMAIN}"
@@ -31,18 +32,24 @@ DAY = 86400
 
 # --- helpers ----------------------------------------------------------------------------------
 
+
 def make_csr(sans, key=None) -> str:
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored by the CA")]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored by the CA")])
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(pki.parse_sans(sans)), critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def new_ca(ca_dir, **kwargs):
-    options = {"root_passphrase": PASSPHRASE, "intermediate_passphrase": INTERMEDIATE_PASSPHRASE,
-               "allowed_domains": [DOMAIN], "allowed_networks": [NETWORK]}
+    options = {
+        "root_passphrase": PASSPHRASE,
+        "intermediate_passphrase": INTERMEDIATE_PASSPHRASE,
+        "allowed_domains": [DOMAIN],
+        "allowed_networks": [NETWORK],
+    }
     return mod.ensure_ca(str(ca_dir), **{**options, **kwargs})
 
 
@@ -56,18 +63,25 @@ def forge(ca, names):
     what a stolen intermediate key could make. Only the name constraints can refuse it."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(UTC)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0].value
-                                                        if isinstance(names[0], x509.DNSName) else "x")]))
-            .issuer_name(ca.intermediate_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.intermediate_cert.public_key()),
-                           critical=False)
-            .sign(ca.intermediate_key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, names[0].value if isinstance(names[0], x509.DNSName) else "x")]
+            )
+        )
+        .issuer_name(ca.intermediate_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.intermediate_cert.public_key()), critical=False
+        )
+        .sign(ca.intermediate_key, hashes.SHA256())
+    )
 
 
 def load(pem: str) -> x509.Certificate:
@@ -81,7 +95,7 @@ def mode(path) -> int:
 @pytest.fixture(autouse=True)
 def cheap_kdf(monkeypatch):
     """The keys' real KDF cost is tested in test_pki_builtin_kdf.py; here it would only cost time."""
-    monkeypatch.setattr(mod, "KDF_ITERATIONS", 1000)
+    monkeypatch.setattr(ca_keyfile, "KDF_ITERATIONS", 1000)
 
 
 @pytest.fixture
@@ -103,6 +117,7 @@ def issued(ca):
 
 
 # --- the CA -----------------------------------------------------------------------------------
+
 
 def test_new_ca_has_private_files_and_encrypted_keys(tmp_path):
     result = new_ca(tmp_path / "ca")
@@ -137,7 +152,9 @@ def test_ca_certificates_have_the_promised_keys_limits_and_name_constraints(ca):
         constraints = cert.extensions.get_extension_for_class(x509.NameConstraints)
         assert constraints.critical
         assert set(constraints.value.permitted_subtrees) == {
-            x509.DNSName(DOMAIN), x509.IPAddress(ipaddress.ip_network(NETWORK))}
+            x509.DNSName(DOMAIN),
+            x509.IPAddress(ipaddress.ip_network(NETWORK)),
+        }
     assert pki.not_after(root) - pki.not_before(root) > datetime.timedelta(days=3649)
     assert pki.not_after(intermediate) - pki.not_before(intermediate) < datetime.timedelta(days=366)
 
@@ -150,14 +167,16 @@ def test_ca_without_allowed_networks_excludes_every_ip_address(tmp_path):
     for cert in (ca.root_cert, ca.intermediate_cert):
         constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
         assert set(constraints.permitted_subtrees) == {x509.DNSName(DOMAIN)}
-        assert set(constraints.excluded_subtrees) == {x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
-                                                      x509.IPAddress(ipaddress.ip_network("::/0"))}
+        assert set(constraints.excluded_subtrees) == {
+            x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+            x509.IPAddress(ipaddress.ip_network("::/0")),
+        }
     forged = forge(ca, [x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address(HOST_IP))])
     verifier = PolicyBuilder().store(Store([ca.root_cert])).build_server_verifier(x509.DNSName(HOST))
     with pytest.raises(VerificationError, match="(?i)name constraint|excluded|not permitted"):
         verifier.verify(forged, [ca.intermediate_cert])
     # And the CA refuses to sign one in the first place.
-    with pytest.raises(mod.PKIError, match="IP SAN"):
+    with pytest.raises(pki.PKIError, match="IP SAN"):
         sign(ca, make_csr([HOST, HOST_IP]), [HOST, HOST_IP], allowed_networks=[])
 
 
@@ -198,8 +217,9 @@ def test_encrypted_intermediate_key_needs_its_passphrase(ca_dir):
     # The root's passphrase is not the intermediate's.
     with pytest.raises(pki.PKIError) as error:
         new_ca(ca_dir, intermediate_passphrase=PASSPHRASE)
-    assert str(error.value) == (f"intermediate CA key in {ca_dir}/intermediate.key cannot be decrypted with the "
-                                f"given passphrase")
+    assert str(error.value) == (
+        f"intermediate CA key in {ca_dir}/intermediate.key cannot be decrypted with the given passphrase"
+    )
 
 
 @pytest.mark.parametrize("option", ["root_passphrase", "intermediate_passphrase"])
@@ -249,6 +269,7 @@ def test_signing_without_a_ca_says_what_to_run(tmp_path):
 
 # --- signing ----------------------------------------------------------------------------------
 
+
 def test_issued_certificate_verifies_for_its_dns_name_and_ip(ca, issued):
     leaf = load(issued["certificate"])
     store = Store([load(issued["ca"])])
@@ -262,6 +283,7 @@ def test_issued_certificate_verifies_for_its_dns_name_and_ip(ca, issued):
 
 def test_a_name_the_root_does_not_permit_fails_verification(ca):
     """Name constraints hold even against the CA's own key: what a stolen intermediate key could make."""
+
     def forge_and_verify(name):
         verifier = PolicyBuilder().store(Store([ca.root_cert])).build_server_verifier(x509.DNSName(name))
         return verifier.verify(forge(ca, [x509.DNSName(name)]), [ca.intermediate_cert])
@@ -281,7 +303,7 @@ def test_issued_certificate_carries_the_promised_fields(ca):
     assert leaf.issuer == ca.intermediate_cert.subject
     assert pki.not_before(leaf) == now - datetime.timedelta(minutes=5)
     assert pki.not_after(leaf) == now + datetime.timedelta(seconds=3600)
-    assert 0 < leaf.serial_number < 2 ** 159
+    assert 0 < leaf.serial_number < 2**159
     assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
     extensions = leaf.extensions
     basic = extensions.get_extension_for_class(x509.BasicConstraints)
@@ -289,12 +311,16 @@ def test_issued_certificate_carries_the_promised_fields(ca):
     usage = extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.digital_signature and not usage.value.key_encipherment
     assert list(extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    ]
     intermediate_ski = ca.intermediate_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    assert extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == \
-        intermediate_ski.digest
-    assert extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value == \
-        x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    assert (
+        extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == intermediate_ski.digest
+    )
+    assert extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier
+    ).value == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     assert result["chain"] == ca.pem(ca.intermediate_cert) and result["ca"] == ca.pem(ca.root_cert)
     assert result["info"]["serial"] == pki.serial_hex(leaf.serial_number)
     assert result["info"]["sans"] == [HOST]
@@ -331,10 +357,13 @@ def test_a_san_outside_the_allowed_domains_is_refused(ca, san):
     assert str(error.value) == f"refusing to sign: SAN {san} is outside the allowed domains ({DOMAIN})"
 
 
-@pytest.mark.parametrize(("networks", "message"), [
-    ([NETWORK], f"IP SAN 192.0.2.1 is outside the allowed networks ({NETWORK})"),
-    ([], "IP SAN 192.0.2.1 is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("networks", "message"),
+    [
+        ([NETWORK], f"IP SAN 192.0.2.1 is outside the allowed networks ({NETWORK})"),
+        ([], "IP SAN 192.0.2.1 is not allowed"),
+    ],
+)
 def test_an_ip_san_outside_the_allowed_networks_is_refused(ca, networks, message):
     with pytest.raises(pki.PKIError, match=re.escape(message)):
         sign(ca, make_csr(["192.0.2.1"]), ["192.0.2.1"], allowed_networks=networks)
@@ -344,8 +373,9 @@ def test_a_wildcard_needs_allow_wildcard(ca):
     wildcard = f"*.apps.{DOMAIN}"
     with pytest.raises(pki.PKIError, match=r"wildcard SAN \*\.apps\.sevenleague\.test is not allowed"):
         sign(ca, make_csr([wildcard]), [wildcard])
-    assert pki.sans_of(load(sign(ca, make_csr([wildcard]), [wildcard], allow_wildcard=True)["certificate"])) == \
-        [wildcard]
+    assert pki.sans_of(load(sign(ca, make_csr([wildcard]), [wildcard], allow_wildcard=True)["certificate"])) == [
+        wildcard
+    ]
 
 
 def test_a_csr_asking_for_an_extra_san_is_refused(ca):
@@ -373,10 +403,14 @@ def test_garbage_instead_of_a_csr_is_named(ca):
         sign(ca, "-----BEGIN CERTIFICATE REQUEST-----\nbm9wZQ==\n-----END CERTIFICATE REQUEST-----\n", [HOST])
 
 
-@pytest.mark.parametrize(("make_key", "message"), [
-    (lambda: ec.generate_private_key(ec.SECP192R1()), "ECDSA curve secp192r1 is not accepted"),
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "RSA-1024 is too weak"),
-], ids=["P-192", "RSA-1024"])
+@pytest.mark.parametrize(
+    ("make_key", "message"),
+    [
+        (lambda: ec.generate_private_key(ec.SECP192R1()), "ECDSA curve secp192r1 is not accepted"),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "RSA-1024 is too weak"),
+    ],
+    ids=["P-192", "RSA-1024"],
+)
 def test_a_weak_key_is_refused(ca, make_key, message):
     with pytest.raises(pki.PKIError, match=f"the CSR's key is not acceptable: {message}"):
         sign(ca, make_csr([HOST], make_key()), [HOST])
@@ -397,6 +431,7 @@ def test_signing_after_the_intermediate_expired_is_refused(ca):
 
 # --- the renewal policy -----------------------------------------------------------------------
 
+
 def at_fraction(cert_pem: str, elapsed: float) -> datetime.datetime:
     cert = load(cert_pem)
     start, end = pki.not_before(cert), pki.not_after(cert)
@@ -416,8 +451,10 @@ def test_a_fresh_certificate_is_kept_until_two_thirds_of_its_life(issued):
     cert = load(issued["certificate"])
     renews = pki.renew_after(cert)
     assert renews == pki.not_before(cert) + (pki.not_after(cert) - pki.not_before(cert)) * (2 / 3)
-    assert decide(issued["certificate"], datetime.datetime.now(UTC), issuer=issued["chain"]) == \
-        (False, f"valid: renews after {pki.iso(renews)}")
+    assert decide(issued["certificate"], datetime.datetime.now(UTC), issuer=issued["chain"]) == (
+        False,
+        f"valid: renews after {pki.iso(renews)}",
+    )
     assert not decide(issued["certificate"], at_fraction(issued["certificate"], 0.6))[0]
 
 
@@ -437,8 +474,10 @@ def test_renew_fraction_is_configurable(issued):
 def test_an_expired_certificate_is_renewed(issued):
     cert = load(issued["certificate"])
     now = pki.not_after(cert) + datetime.timedelta(seconds=1)
-    assert decide(issued["certificate"], now, issuer=issued["chain"]) == \
-        (True, f"expired at {pki.iso(pki.not_after(cert))}")
+    assert decide(issued["certificate"], now, issuer=issued["chain"]) == (
+        True,
+        f"expired at {pki.iso(pki.not_after(cert))}",
+    )
 
 
 def test_a_clock_further_behind_than_the_tolerance_is_named_as_the_cause(issued):
@@ -462,24 +501,34 @@ def test_an_issued_certificate_too_far_in_the_future_is_refused_with_the_clock_n
     future = datetime.datetime.now(UTC) + datetime.timedelta(minutes=20)
     result = sign(ca, make_csr([HOST], key), [HOST], now=future)
     with pytest.raises(pki.PKIError, match="this host's clock is .* behind its CA's.*fix the host's time sync"):
-        pki.check_issued(result["certificate"], public_key=key.public_key(), wanted_sans=[HOST],
-                         chain_pem=result["chain"], trust_pem=pki.split_pem(result["chain"])[-1])
+        pki.check_issued(
+            result["certificate"],
+            public_key=key.public_key(),
+            wanted_sans=[HOST],
+            chain_pem=result["chain"],
+            trust_pem=pki.split_pem(result["chain"])[-1],
+        )
 
 
 def test_changed_sans_mean_renew_and_are_named(issued):
     now = datetime.datetime.now(UTC)
-    assert decide(issued["certificate"], now, sans=[HOST, HOST_IP, f"api.{DOMAIN}"]) == \
-        (True, f"SANs differ: missing api.{DOMAIN}")
+    assert decide(issued["certificate"], now, sans=[HOST, HOST_IP, f"api.{DOMAIN}"]) == (
+        True,
+        f"SANs differ: missing api.{DOMAIN}",
+    )
     assert decide(issued["certificate"], now, sans=[HOST]) == (True, f"SANs differ: extra {HOST_IP}")
-    assert decide(issued["certificate"], now, sans=[f"app2.{DOMAIN}"]) == \
-        (True, f"SANs differ: missing app2.{DOMAIN}; extra {HOST_IP}, {HOST}")
+    assert decide(issued["certificate"], now, sans=[f"app2.{DOMAIN}"]) == (
+        True,
+        f"SANs differ: missing app2.{DOMAIN}; extra {HOST_IP}, {HOST}",
+    )
 
 
 def test_sans_compare_normalized(ca):
     sans = [HOST, "fd00::1"]
     issued = sign(ca, make_csr(sans), sans, allowed_networks=[NETWORK, "fd00::/64"])
-    renew, reason = decide(issued["certificate"], datetime.datetime.now(UTC),
-                           sans=["APP1.SevenLeague.test.", "FD00:0::0001"])
+    renew, reason = decide(
+        issued["certificate"], datetime.datetime.now(UTC), sans=["APP1.SevenLeague.test.", "FD00:0::0001"]
+    )
     assert (renew, reason[:6]) == (False, "valid:")
 
 
@@ -509,23 +558,30 @@ def test_a_naive_now_is_a_programming_error(issued):
 
 # --- SAN rules, facts and metrics -------------------------------------------------------------
 
+
 def test_parse_sans_types_and_normalizes():
     names = pki.parse_sans([HOST.upper(), HOST_IP, "FD00::1", HOST])
-    assert names == [x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address(HOST_IP)),
-                     x509.IPAddress(ipaddress.ip_address("fd00::1"))]
+    assert names == [
+        x509.DNSName(HOST),
+        x509.IPAddress(ipaddress.ip_address(HOST_IP)),
+        x509.IPAddress(ipaddress.ip_address("fd00::1")),
+    ]
     for bad in ("bad_name.sevenleague.test", "-x.sevenleague.test", "bücher.sevenleague.test", ""):
         with pytest.raises(pki.PKIError, match="SAN"):
             pki.parse_sans([bad])
 
 
-@pytest.mark.parametrize(("sans", "allow_ip", "problems"), [
-    ([DOMAIN, HOST, f"a.b.{DOMAIN}"], False, []),
-    (["other.test"], False, [f"SAN other.test is outside the allowed domains ({DOMAIN})"]),
-    ([HOST_IP], True, []),
-    ([HOST_IP], False, [f"IP SAN {HOST_IP} is not allowed (this CA issues IP SANs only for allowed_networks)"]),
-    ([f"*.{DOMAIN}"], False, [f"wildcard SAN *.{DOMAIN} is not allowed (allow_wildcard is off)"]),
-    ([], False, ["no SANs requested"]),
-])
+@pytest.mark.parametrize(
+    ("sans", "allow_ip", "problems"),
+    [
+        ([DOMAIN, HOST, f"a.b.{DOMAIN}"], False, []),
+        (["other.test"], False, [f"SAN other.test is outside the allowed domains ({DOMAIN})"]),
+        ([HOST_IP], True, []),
+        ([HOST_IP], False, [f"IP SAN {HOST_IP} is not allowed (this CA issues IP SANs only for allowed_networks)"]),
+        ([f"*.{DOMAIN}"], False, [f"wildcard SAN *.{DOMAIN} is not allowed (allow_wildcard is off)"]),
+        ([], False, ["no SANs requested"]),
+    ],
+)
 def test_check_sans_allowed(sans, allow_ip, problems):
     assert pki.check_sans_allowed(sans, [DOMAIN], allow_ip, [NETWORK]) == problems
 
@@ -545,12 +601,14 @@ def test_cert_info(issued):
     assert len(info["serial"]) % 2 == 0 and int(info["serial"], 16) == cert.serial_number
 
 
-NOW = datetime.datetime(2026, 1, 1, 6, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 1, 6, 0, tzinfo=datetime.UTC)
 
 
 def test_textfile_metrics_is_sorted_typed_exact_and_labelled_by_name_alone():
-    infos = [("web", {"serial": "0b", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-02T00:00:00Z"}),
-             ('we"ird', {"serial": "0a", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-01T12:00:00Z"})]
+    infos = [
+        ("web", {"serial": "0b", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-02T00:00:00Z"}),
+        ('we"ird', {"serial": "0a", "not_before": "2026-01-01T00:00:00Z", "not_after": "2026-01-01T12:00:00Z"}),
+    ]
     text = pki.textfile_metrics(infos, NOW)
     assert text == pki.textfile_metrics(list(reversed(infos)), NOW) and text.endswith("\n")
     samples, declared = {}, []
@@ -565,14 +623,17 @@ def test_textfile_metrics_is_sorted_typed_exact_and_labelled_by_name_alone():
             assert match, line
             assert match[1] in declared, "a sample comes after its TYPE line"
             samples[match[1], match[2]] = int(match[3])
-    assert declared == ["sevenleague_certificate_not_after_seconds", "sevenleague_certificate_not_before_seconds",
-                        "sevenleague_certificate_clock_behind_seconds"]
+    assert declared == [
+        "sevenleague_certificate_not_after_seconds",
+        "sevenleague_certificate_not_before_seconds",
+        "sevenleague_certificate_clock_behind_seconds",
+    ]
     assert samples == {
-        ("sevenleague_certificate_not_after_seconds", "we\\\"ird"): 1767268800,
+        ("sevenleague_certificate_not_after_seconds", 'we\\"ird'): 1767268800,
         ("sevenleague_certificate_not_after_seconds", "web"): 1767312000,
-        ("sevenleague_certificate_not_before_seconds", "we\\\"ird"): 1767225600,
+        ("sevenleague_certificate_not_before_seconds", 'we\\"ird'): 1767225600,
         ("sevenleague_certificate_not_before_seconds", "web"): 1767225600,
-        ("sevenleague_certificate_clock_behind_seconds", "we\\\"ird"): 0,
+        ("sevenleague_certificate_clock_behind_seconds", 'we\\"ird'): 0,
         ("sevenleague_certificate_clock_behind_seconds", "web"): 0,
     }
 
@@ -596,14 +657,20 @@ def test_textfile_metrics_from_a_real_certificate(issued):
 
 # --- the module as Ansible sees it ------------------------------------------------------------
 
+
 def test_documentation_matches_the_argument_spec():
     assert_documented(mod)
     assert mod.ARGUMENT_SPEC["root_passphrase"]["no_log"] and mod.ARGUMENT_SPEC["intermediate_passphrase"]["no_log"]
 
 
 def test_ansible_doc_renders_the_module():
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-doc"), "-M", "library", "pki_builtin_ca"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-doc"), "-M", "library", "pki_builtin_ca"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stderr and "state=signed" in proc.stdout
 
@@ -618,8 +685,10 @@ def ansible(module_args: dict, tmp_path: Path) -> dict:
 def test_module_runs_through_ansible(tmp_path):
     ca_dir = str(tmp_path / "ca")
     policy = {"ca_dir": ca_dir, "allowed_domains": [DOMAIN], "allowed_networks": [NETWORK]}
-    created = ansible({"state": "ca", "root_passphrase": PASSPHRASE,
-                       "intermediate_passphrase": INTERMEDIATE_PASSPHRASE, **policy}, tmp_path)
+    created = ansible(
+        {"state": "ca", "root_passphrase": PASSPHRASE, "intermediate_passphrase": INTERMEDIATE_PASSPHRASE, **policy},
+        tmp_path,
+    )
     assert created["changed"] and created["created"], created.get("msg")
     assert PASSPHRASE not in created["_stdout"] and INTERMEDIATE_PASSPHRASE not in created["_stdout"]
 
@@ -629,8 +698,10 @@ def test_module_runs_through_ansible(tmp_path):
     assert signed["changed"] and signed["info"]["sans"] == [HOST_IP, HOST], signed.get("msg")
     assert signed["ca"] == created["root_certificate"]
     PolicyBuilder().store(Store([load(signed["ca"])])).build_server_verifier(x509.DNSName(HOST)).verify(
-        load(signed["certificate"]), [load(signed["chain"])])
+        load(signed["certificate"]), [load(signed["chain"])]
+    )
 
-    refused = ansible({"state": "signed", "csr": make_csr(["evil.example.com"]), "sans": ["evil.example.com"],
-                       **policy}, tmp_path)
+    refused = ansible(
+        {"state": "signed", "csr": make_csr(["evil.example.com"]), "sans": ["evil.example.com"], **policy}, tmp_path
+    )
     assert refused["failed"] and "outside the allowed domains" in refused["msg"]

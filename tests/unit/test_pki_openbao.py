@@ -4,7 +4,6 @@ import datetime
 
 import pki_openbao_sign as mod
 import pytest
-import sevenleague_pki as pki
 from ansible_module import assert_documented, run_module
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -12,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openbao_dev import dev_server, free_port
 
-UTC = datetime.timezone.utc
+from ansible_collections.sevenleague.platform.plugins.module_utils import pki
+
+UTC = datetime.UTC
 DOMAIN = "sevenleague.test"
 HOST = f"app1.{DOMAIN}"
 HOST_IP = "10.213.7.21"
@@ -21,14 +22,21 @@ MOUNT = "pki_int"
 
 # --- a real OpenBao ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):
     with dev_server(tmp_path_factory.mktemp("openbao")) as server:
         client = server["client"]
         client.sys.enable_secrets_engine("pki", path=MOUNT, config={"max_lease_ttl": "24h"})
         client.secrets.pki.generate_root("internal", common_name="sevenleague test root", mount_point=MOUNT)
-        role = {"allowed_domains": DOMAIN, "allow_subdomains": True, "allow_bare_domains": False, "max_ttl": "1h",
-                "key_type": "ec", "allow_ip_sans": True}
+        role = {
+            "allowed_domains": DOMAIN,
+            "allow_subdomains": True,
+            "allow_bare_domains": False,
+            "max_ttl": "1h",
+            "key_type": "ec",
+            "allow_ip_sans": True,
+        }
         client.secrets.pki.create_or_update_role("host", role, mount_point=MOUNT)
         # A role that allows more than the issuer's remaining life, and an issuer that then truncates
         # instead of failing: OpenBao shortens the certificate silently, the module must not accept it.
@@ -44,10 +52,12 @@ def client(bao):
 
 # --- helpers ----------------------------------------------------------------------------------
 
+
 def make_csr(sans, key=None, cn=HOST) -> str:
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(pki.parse_sans(sans)), critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
@@ -71,6 +81,7 @@ def issued_serials(client) -> set:
 
 
 # --- signing ----------------------------------------------------------------------------------
+
 
 def test_signing_keeps_the_hosts_key_and_names(client):
     key = ec.generate_private_key(ec.SECP256R1())
@@ -103,15 +114,21 @@ def test_ttl_above_the_roles_maximum_is_refused_before_signing(client):
 def test_ttl_shortened_by_openbao_is_refused(client):
     # Role "long" allows 48 h, the issuer expires within 24 h and truncates: OpenBao issues a shorter
     # certificate without an error, which the pre-check cannot foresee.
-    with pytest.raises(pki.PKIError, match=r"OpenBao issued certificate [0-9a-f:]+, which is refused: the CA "
-                                           r"shortened certificate [0-9a-f]+: it ends at .* earlier than ttl 129600 s"):
+    with pytest.raises(
+        pki.PKIError,
+        match=r"OpenBao issued certificate [0-9a-f:]+, which is refused: the CA "
+        r"shortened certificate [0-9a-f]+: it ends at .* earlier than ttl 129600 s",
+    ):
         sign(client, make_csr([HOST]), role="long", ttl="36h")
 
 
 def test_a_san_outside_the_roles_domains_is_named(client):
     evil = "evil.example.com"
-    with pytest.raises(pki.PKIError, match=f"OpenBao refused to sign with role host at {MOUNT}: "
-                                           f"subject alternate name {evil} not allowed by this role"):
+    with pytest.raises(
+        pki.PKIError,
+        match=f"OpenBao refused to sign with role host at {MOUNT}: "
+        f"subject alternate name {evil} not allowed by this role",
+    ):
         sign(client, make_csr([HOST, evil]), alt_names=[evil])
     with pytest.raises(pki.PKIError, match=f"common name {evil} not allowed by this role"):
         sign(client, make_csr([evil], cn=evil), common_name=evil)
@@ -127,11 +144,17 @@ def test_a_csr_asking_for_other_names_is_refused_locally(client):
         sign(client, make_csr([HOST], cn=f"other.{DOMAIN}"))
 
 
-@pytest.mark.parametrize(("csr", "message"), [
-    ("not a csr", "csr is not a PEM certificate signing request"),
-    ("-----BEGIN CERTIFICATE REQUEST-----\nbm9wZQ==\n-----END CERTIFICATE REQUEST-----\n",
-     "csr is not a PEM certificate signing request"),
-], ids=["garbage", "bad-der"])
+@pytest.mark.parametrize(
+    ("csr", "message"),
+    [
+        ("not a csr", "csr is not a PEM certificate signing request"),
+        (
+            "-----BEGIN CERTIFICATE REQUEST-----\nbm9wZQ==\n-----END CERTIFICATE REQUEST-----\n",
+            "csr is not a PEM certificate signing request",
+        ),
+    ],
+    ids=["garbage", "bad-der"],
+)
 def test_a_bad_csr_is_named(client, csr, message):
     with pytest.raises(pki.PKIError, match=message):
         sign(client, csr)
@@ -181,9 +204,18 @@ def test_sealed_openbao_is_named(tmp_path):
             sign(client, make_csr([HOST]))
 
 
-@pytest.mark.parametrize(("ttl", "seconds"), [
-    (None, None), ("", None), (3600, 3600), ("3600", 3600), ("90m", 5400), ("1h30m", 5400), ("7d", 604800),
-])
+@pytest.mark.parametrize(
+    ("ttl", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        (3600, 3600),
+        ("3600", 3600),
+        ("90m", 5400),
+        ("1h30m", 5400),
+        ("7d", 604800),
+    ],
+)
 def test_parse_ttl(ttl, seconds):
     assert mod.parse_ttl(ttl) == seconds
 
@@ -204,17 +236,26 @@ def test_names_are_checked_before_openbao_is_asked():
 
 # --- the module as Ansible sees it ------------------------------------------------------------
 
+
 def test_documentation_matches_the_argument_spec():
     assert_documented(mod)
     assert mod.ARGUMENT_SPEC["token"]["no_log"]
 
 
 def test_module_runs_through_ansible(bao, tmp_path):
-    args = {"url": bao["url"], "token": bao["token"], "role": "host", "csr": make_csr([HOST, HOST_IP]),
-            "common_name": HOST, "ip_sans": [HOST_IP], "ttl": 900}
+    args = {
+        "url": bao["url"],
+        "token": bao["token"],
+        "role": "host",
+        "csr": make_csr([HOST, HOST_IP]),
+        "common_name": HOST,
+        "ip_sans": [HOST_IP],
+        "ttl": 900,
+    }
     result, output = run_module("pki_openbao_sign", args, tmp_path)
     assert bao["token"] not in output
     assert result["changed"] and not result.get("failed"), result.get("msg")
     assert result["info"]["sans"] == [HOST_IP, HOST]
-    assert spki(load(result["certificate"]).public_key()) == spki(x509.load_pem_x509_csr(args["csr"].encode())
-                                                                  .public_key())
+    assert spki(load(result["certificate"]).public_key()) == spki(
+        x509.load_pem_x509_csr(args["csr"].encode()).public_key()
+    )

@@ -1,4 +1,4 @@
-"""The host's certificate tool (packaging/sevenleague-pki/sevenleague-pki) against a real OpenBao.
+"""The host's certificate tool (sevenleague_host.pki, the sevenleague-pki command) against a real OpenBao.
 
 OpenBao runs in dev mode with TLS, because cert auth needs it: a root CA at pki_root, the
 issuing intermediate at pki_int, a PKI role per host and cert auth trusting the root, as the
@@ -14,9 +14,6 @@ then has about 2% of its lifetime left. The renewal itself signs with the host's
 
 import datetime
 import grp
-import importlib.machinery
-import importlib.metadata
-import importlib.util
 import json
 import os
 import stat
@@ -27,20 +24,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "packaging" / "sevenleague-pki" / "sevenleague-pki"
-LIB = ROOT / "module_utils"
-if str(LIB) not in sys.path:
-    sys.path.insert(0, str(LIB))
+# The command as the package installs it runs `sevenleague_host.pki.cli:run`; here from the checkout.
+TOOL_PATH = os.pathsep.join(str(ROOT / folder) for folder in ("collections", "packaging/sevenleague-host"))
 
-from openbao_dev import dev_server, free_port  # noqa: E402
-import sevenleague_pki as pki  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from cryptography.x509.verification import PolicyBuilder, Store  # noqa: E402
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store
+from openbao_dev import dev_server, free_port
 
-UTC = datetime.timezone.utc
+from ansible_collections.sevenleague.platform.plugins.module_utils import pki
+from sevenleague_host.pki import common, renew, store
+from sevenleague_host.pki import config as tool_config
+
+UTC = datetime.UTC
 DOMAIN = "sevenleague.test"
 HOST = f"app1.{DOMAIN}"
 HOST_IP = "10.213.7.21"
@@ -54,46 +52,45 @@ JOURNAL_PREFIXES = ("<3>", "<4>", "<6>")
 PLAIN_PREFIXES = ("sevenleague-pki: error: ", "sevenleague-pki: warning: ", "sevenleague-pki: info: ")
 
 
-def load_tool():
-    """The tool as a module (its file has no .py suffix, as installed in /usr/bin)."""
-    loader = importlib.machinery.SourceFileLoader("sevenleague_pki_tool", str(TOOL))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ among the package's files
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
-
-
-tool = load_tool()
-
-
 # --- a real OpenBao with TLS ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):
     with dev_server(tmp_path_factory.mktemp("openbao"), tls=True) as server:
         client = server["client"]
         client.sys.enable_secrets_engine("pki", path="pki_root", config={"max_lease_ttl": "72h"})
-        root = client.write("pki_root/root/generate/internal", common_name="sevenleague test root",
-                            key_type="ec", ttl="72h")["data"]["certificate"]
+        root = client.write(
+            "pki_root/root/generate/internal", common_name="sevenleague test root", key_type="ec", ttl="72h"
+        )["data"]["certificate"]
         client.sys.enable_secrets_engine("pki", path="pki_int", config={"max_lease_ttl": "48h"})
-        csr = client.write("pki_int/intermediate/generate/internal", common_name="sevenleague test intermediate",
-                           key_type="ec")["data"]["csr"]
-        intermediate = client.write("pki_root/root/sign-intermediate", csr=csr, format="pem",
-                                    ttl="48h")["data"]["certificate"]
+        csr = client.write(
+            "pki_int/intermediate/generate/internal", common_name="sevenleague test intermediate", key_type="ec"
+        )["data"]["csr"]
+        intermediate = client.write("pki_root/root/sign-intermediate", csr=csr, format="pem", ttl="48h")["data"][
+            "certificate"
+        ]
         client.write("pki_int/intermediate/set-signed", certificate=f"{intermediate}\n{root}")
-        role = {"allowed_domains": [HOST], "allow_bare_domains": True, "allow_subdomains": False,
-                "allow_ip_sans": True, "use_csr_common_name": False, "use_csr_sans": False, "key_type": "ec",
-                "max_ttl": "24h", "not_before_duration": "30s"}  # a 90 s certificate then lives 120 s: 75% left
+        role = {
+            "allowed_domains": [HOST],
+            "allow_bare_domains": True,
+            "allow_subdomains": False,
+            "allow_ip_sans": True,
+            "use_csr_common_name": False,
+            "use_csr_sans": False,
+            "key_type": "ec",
+            "max_ttl": "24h",
+            "not_before_duration": "30s",
+        }  # a 90 s certificate then lives 120 s: 75% left
         client.write(f"pki_int/roles/{ROLE}", **role)
         client.write(f"pki_int/roles/{SHORT_ROLE}", **{**role, "max_ttl": "1h"})
         # Only the root token issues through this one: 90 s after an hour's backdating is 2% left.
         client.write(f"pki_int/roles/{DUE_ROLE}", **{**role, "not_before_duration": "3600s"})
-        client.sys.create_or_update_policy("pki-renew", 'path "pki_int/sign/renew-*" { capabilities = ["update"] }\n'
-                                           'path "pki_int/revoke-with-key" { capabilities = ["update"] }')
+        client.sys.create_or_update_policy(
+            "pki-renew",
+            'path "pki_int/sign/renew-*" { capabilities = ["update"] }\n'
+            'path "pki_int/revoke-with-key" { capabilities = ["update"] }',
+        )
         client.sys.enable_auth_method("cert", path="cert")
         client.write("auth/cert/certs/host", certificate=root, token_policies=["pki-renew"], token_ttl="5m")
         yield {**server, "root": root.strip() + "\n", "intermediate": intermediate.strip() + "\n"}
@@ -101,13 +98,15 @@ def bao(tmp_path_factory):
 
 # --- certificates -----------------------------------------------------------------------------
 
+
 def new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def spki(key) -> bytes:
@@ -115,16 +114,21 @@ def spki(key) -> bytes:
 
 
 def csr_for(key, names=(HOST, HOST_IP)) -> str:
-    return (x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-            .add_extension(x509.SubjectAlternativeName(pki.parse_sans(list(names))), critical=False)
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .add_extension(x509.SubjectAlternativeName(pki.parse_sans(list(names))), critical=False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
 
 
 def sign_csr(bao, csr: str, ttl: int, role: str = ROLE, ip_sans: str = HOST_IP) -> dict:
     """OpenBao's answer through the root token, as the controller gets it."""
-    return bao["client"].write(f"pki_int/sign/{role}", csr=csr, common_name=HOST, ip_sans=ip_sans,
-                               ttl=f"{ttl}s", format="pem")["data"]
+    return bao["client"].write(
+        f"pki_int/sign/{role}", csr=csr, common_name=HOST, ip_sans=ip_sans, ttl=f"{ttl}s", format="pem"
+    )["data"]
 
 
 def issue(bao, ttl: int, key=None, role: str = ROLE) -> dict:
@@ -138,22 +142,34 @@ def local_ca(name: str):
     """A CA OpenBao knows nothing about: (key, certificate)."""
     key, now = new_key(), datetime.datetime.now(UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=10))
-            .not_valid_after(now + datetime.timedelta(days=10))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=10))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
 def local_leaf(ca, not_before: datetime.datetime, not_after: datetime.datetime) -> dict:
     ca_key, ca_cert = ca
     key = new_key()
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(pki.parse_sans([HOST, HOST_IP])), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(pki.parse_sans([HOST, HOST_IP])), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     return {"key": key, "cert": cert.public_bytes(serialization.Encoding.PEM).decode(), "chain": ""}
 
 
@@ -169,6 +185,7 @@ def other_group() -> grp.struct_group:
 
 
 # --- a host -----------------------------------------------------------------------------------
+
 
 class Host:
     """A host's PKI directory as the pki role leaves it, plus the tool's config, hooks and fact."""
@@ -195,29 +212,66 @@ class Host:
         release.mkdir(mode=0o750)
         (release / "key.pem").write_bytes(key_pem(issued["key"]))
         (release / "key.pem").chmod(0o640)
-        for file, content in (("cert.pem", issued["cert"]), ("chain.pem", issued["chain"]),
-                              ("fullchain.pem", issued["cert"] + issued["chain"]), ("ca.pem", ca_pem)):
+        for file, content in (
+            ("cert.pem", issued["cert"]),
+            ("chain.pem", issued["chain"]),
+            ("fullchain.pem", issued["cert"] + issued["chain"]),
+            ("ca.pem", ca_pem),
+        ):
             (release / file).write_text(content)
         self.current.symlink_to(f"releases/{name}")
         info = pki.cert_info(issued["cert"])
-        self.fact.write_text(json.dumps({
-            "backend": "openbao", "dir": str(self.current), "cert": f"{self.current}/cert.pem",
-            "key": f"{self.current}/key.pem", "chain": f"{self.current}/chain.pem",
-            "fullchain": f"{self.current}/fullchain.pem", "ca": f"{self.current}/ca.pem",
-            "key_group": self.group.gr_name, "sans": [HOST, HOST_IP], "serial": info["serial"],
-            "not_after": info["not_after"]}, indent=4, sort_keys=True) + "\n")
+        self.fact.write_text(
+            json.dumps(
+                {
+                    "backend": "openbao",
+                    "dir": str(self.current),
+                    "cert": f"{self.current}/cert.pem",
+                    "key": f"{self.current}/key.pem",
+                    "chain": f"{self.current}/chain.pem",
+                    "fullchain": f"{self.current}/fullchain.pem",
+                    "ca": f"{self.current}/ca.pem",
+                    "key_group": self.group.gr_name,
+                    "sans": [HOST, HOST_IP],
+                    "serial": info["serial"],
+                    "not_after": info["not_after"],
+                },
+                indent=4,
+                sort_keys=True,
+            )
+            + "\n"
+        )
 
     def configure(self, **overrides) -> dict:
         """The config as the pki role writes it; keys of the openbao object may be overridden at the top."""
-        openbao = {"url": self.bao["url"], "server_ca": self.bao["ca"], "auth_mount": "cert", "auth_role": "host",
-                   "pki_mount": "pki_int", "pki_role": ROLE, "attempts": 2, "backoff_initial": 0.1,
-                   "backoff_max": 0.2}
-        config = {"name": NAME, "backend": "openbao", "base_dir": str(self.base), "common_name": HOST,
-                  "alt_names": [], "ip_sans": [HOST_IP], "ttl": 86400, "key_curve": "secp256r1",
-                  "key_group": self.group.gr_name, "keep_releases": 3, "textfile": str(self.metrics),
-                  "fact_file": str(self.fact), "hooks_dir": str(self.hooks)}
+        openbao = {
+            "url": self.bao["url"],
+            "server_ca": self.bao["ca"],
+            "auth_mount": "cert",
+            "auth_role": "host",
+            "pki_mount": "pki_int",
+            "pki_role": ROLE,
+            "attempts": 2,
+            "backoff_initial": 0.1,
+            "backoff_max": 0.2,
+        }
+        config = {
+            "name": NAME,
+            "backend": "openbao",
+            "base_dir": str(self.base),
+            "common_name": HOST,
+            "alt_names": [],
+            "ip_sans": [HOST_IP],
+            "ttl": 86400,
+            "key_curve": "secp256r1",
+            "key_group": self.group.gr_name,
+            "keep_releases": 3,
+            "textfile": str(self.metrics),
+            "fact_file": str(self.fact),
+            "hooks_dir": str(self.hooks),
+        }
         for key, value in overrides.items():
-            (openbao if key in tool.BAO_KEYS else config)[key] = value
+            (openbao if key in tool_config.BAO_KEYS else config)[key] = value
         config.setdefault("openbao", openbao)
         self.config_path.write_text(json.dumps(config))
         return config
@@ -237,11 +291,17 @@ class Host:
 
     def tool(self, *args: str, stdin: dict | None = None, journal: bool = False) -> subprocess.CompletedProcess:
         """The tool as systemd (journal) or the pki role runs it; one JSON object on stdout, every time."""
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "SEVENLEAGUE_PKI_LIB": str(LIB)}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": TOOL_PATH, "PYTHONDONTWRITEBYTECODE": "1"}
         if journal:
             env["JOURNAL_STREAM"] = "1"
-        proc = subprocess.run([sys.executable, str(TOOL), *args], env=env, capture_output=True, text=True,
-                              timeout=60, input=json.dumps(stdin) if stdin is not None else "")
+        proc = subprocess.run(
+            [sys.executable, "-m", "sevenleague_host.pki", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=json.dumps(stdin) if stdin is not None else "",
+        )
         # journald reads the priority from each line's prefix: every line must carry one.
         prefixes = JOURNAL_PREFIXES if journal else PLAIN_PREFIXES
         assert all(line.startswith(prefixes) for line in proc.stderr.splitlines()), proc.stderr
@@ -271,11 +331,18 @@ class Host:
 
     def snapshot(self) -> dict:
         """Everything a failed run must leave as it was."""
-        files = {str(path.relative_to(self.base)): path.read_bytes()
-                 for path in sorted(self.base.rglob("*")) if path.is_file() and not path.is_symlink()
-                 and path.name != ".lock"}
-        return {"target": self.target(), "releases": self.release_names(), "files": files,
-                "fact": self.fact.read_text(), "metrics": self.metrics.read_text() if self.metrics.exists() else None}
+        files = {
+            str(path.relative_to(self.base)): path.read_bytes()
+            for path in sorted(self.base.rglob("*"))
+            if path.is_file() and not path.is_symlink() and path.name != ".lock"
+        }
+        return {
+            "target": self.target(),
+            "releases": self.release_names(),
+            "files": files,
+            "fact": self.fact.read_text(),
+            "metrics": self.metrics.read_text() if self.metrics.exists() else None,
+        }
 
 
 @pytest.fixture
@@ -298,13 +365,24 @@ def serial_of(cert_pem: str) -> str:
 
 def expected_fact(host: Host, info: dict) -> dict:
     current = str(host.current)
-    return {"backend": "openbao", "name": NAME, "dir": current, "cert": f"{current}/cert.pem",
-            "key": f"{current}/key.pem", "chain": f"{current}/chain.pem", "fullchain": f"{current}/fullchain.pem",
-            "ca": f"{current}/ca.pem", "key_group": host.group.gr_name, "sans": sorted([HOST, HOST_IP]),
-            "serial": info["serial"], "not_after": info["not_after"]}
+    return {
+        "backend": "openbao",
+        "name": NAME,
+        "dir": current,
+        "cert": f"{current}/cert.pem",
+        "key": f"{current}/key.pem",
+        "chain": f"{current}/chain.pem",
+        "fullchain": f"{current}/fullchain.pem",
+        "ca": f"{current}/ca.pem",
+        "key_group": host.group.gr_name,
+        "sans": sorted([HOST, HOST_IP]),
+        "serial": info["serial"],
+        "not_after": info["not_after"],
+    }
 
 
 # --- nothing to do ----------------------------------------------------------------------------
+
 
 def test_a_timer_run_with_nothing_to_renew_brings_the_metrics_up_to_date(host):
     """The metrics (and their clock check) are as of the last timer run, not the last renewal."""
@@ -325,8 +403,13 @@ def test_a_valid_certificate_is_left_alone(host):
     assert proc.returncode == 0, proc.stderr
     info = pki.cert_info(issued["cert"])
     assert f"<6>certificate {info['serial']} valid until {info['not_after']}; valid: renews after" in proc.stderr
-    assert proc.result == {"changed": False, "renew": False, "reason": proc.result["reason"],
-                           "serial": info["serial"], "not_after": info["not_after"]}
+    assert proc.result == {
+        "changed": False,
+        "renew": False,
+        "reason": proc.result["reason"],
+        "serial": info["serial"],
+        "not_after": info["not_after"],
+    }
     assert host.snapshot() == before
     assert host.hook_runs() == []
 
@@ -357,6 +440,7 @@ def test_check_prints_the_decision_and_changes_nothing(host, tmp_path):
 
 
 # --- renewing ---------------------------------------------------------------------------------
+
 
 def test_a_due_certificate_is_renewed_with_a_new_key(host):
     issued = installed(host, 90, due=True, keep_releases=1)
@@ -390,8 +474,9 @@ def test_a_due_certificate_is_renewed_with_a_new_key(host):
     assert (release / "fullchain.pem").read_text() == new_pem + host.bao["intermediate"]
     assert (release / "ca.pem").read_bytes() == old_ca
     intermediates = [x509.load_pem_x509_certificate((release / "chain.pem").read_bytes())]
-    verifier = PolicyBuilder().store(Store([x509.load_pem_x509_certificate(old_ca)])) \
-        .build_server_verifier(x509.DNSName(HOST))
+    verifier = (
+        PolicyBuilder().store(Store([x509.load_pem_x509_certificate(old_ca)])).build_server_verifier(x509.DNSName(HOST))
+    )
     assert verifier.verify(cert, intermediates)
     assert stat.S_IMODE(release.stat().st_mode) == 0o750 and release.stat().st_gid == host.group.gr_gid
     assert stat.S_IMODE((release / "key.pem").stat().st_mode) == 0o640
@@ -406,11 +491,19 @@ def test_a_due_certificate_is_renewed_with_a_new_key(host):
     assert host.hook_runs() == [f"{NAME} {host.current} {info['serial']}"]
     assert not (host.tmp / "disabled-ran").exists()
     assert f"<6>renewing certificate {serial_of(issued['cert'])}" in proc.stderr
-    assert f"<6>switched {host.current} to {host.target()}: certificate {info['serial']} valid until " \
-           f"{info['not_after']}" in proc.stderr
+    assert (
+        f"<6>switched {host.current} to {host.target()}: certificate {info['serial']} valid until "
+        f"{info['not_after']}" in proc.stderr
+    )
     assert "<6>removed old release 20190101T000000Z" in proc.stderr
-    assert proc.result == {"changed": True, "serial": info["serial"], "not_after": info["not_after"],
-                           "release": release.name, "problems": [], "revoked": [FIRST_RELEASE]}
+    assert proc.result == {
+        "changed": True,
+        "serial": info["serial"],
+        "not_after": info["not_after"],
+        "release": release.name,
+        "problems": [],
+        "revoked": [FIRST_RELEASE],
+    }
 
     # Once renewed, the next timer run has nothing to do.
     again = host.run()
@@ -422,6 +515,7 @@ def test_a_due_certificate_is_renewed_with_a_new_key(host):
 
 def crl_serials(bao) -> set[int]:
     import requests
+
     crl = x509.load_pem_x509_crl(requests.get(f"{bao['url']}/v1/pki_int/crl/pem", verify=bao["ca"], timeout=10).content)
     return {revoked.serial_number for revoked in crl}
 
@@ -464,8 +558,11 @@ def test_a_revocation_openbao_cannot_take_now_is_retried_at_the_next_run(host):
 def test_a_certificate_from_another_issuer_is_not_sent_for_revocation(host):
     ca = local_ca("another CA")
     now = datetime.datetime.now(UTC)
-    host.install(local_leaf(ca, now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=300)),
-                 host.bao["root"], name="20190101T000000Z")
+    host.install(
+        local_leaf(ca, now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=300)),
+        host.bao["root"],
+        name="20190101T000000Z",
+    )
     (host.current).unlink()
     host.install(issue(host.bao, 86400), host.bao["root"])
     host.configure()
@@ -493,8 +590,9 @@ def test_a_failing_hook_keeps_the_new_certificate_and_fails_the_run(host):
     assert proc.returncode == 1
     serial = pki.cert_info((host.current / "cert.pem").read_text())["serial"]
     assert host.target() != f"releases/{FIRST_RELEASE}"
-    assert f"<3>hook {host.hooks / '10-fail'} failed with exit code 3; certificate {serial} stays in place" \
-        in proc.stderr
+    assert (
+        f"<3>hook {host.hooks / '10-fail'} failed with exit code 3; certificate {serial} stays in place" in proc.stderr
+    )
     assert f"<3>1 reload hook(s) in {host.hooks} failed" in proc.stderr
     assert host.hook_runs() == [f"{NAME} {host.current} {serial}"]  # the later hook still ran
     assert proc.result["changed"] is True and proc.result["serial"] == serial
@@ -503,14 +601,17 @@ def test_a_failing_hook_keeps_the_new_certificate_and_fails_the_run(host):
 
 # --- failures leave `current` alone -----------------------------------------------------------
 
+
 def test_unreachable_openbao_is_retried_then_given_up(host):
     url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     installed(host, 90, due=True, url=url, attempts=2)
     before = host.snapshot()
     proc = host.run()
     assert proc.returncode == 1
-    assert f"cannot read the issuing CA of pki_int, deciding from the lifetime alone: cannot reach OpenBao at {url}" \
+    assert (
+        f"cannot read the issuing CA of pki_int, deciding from the lifetime alone: cannot reach OpenBao at {url}"
         in proc.stderr
+    )
     assert proc.stderr.count("<4>") == 2  # the issuer, then attempt 1 of 2
     assert f"<4>attempt 1/2 failed: cannot reach OpenBao at {url}" in proc.stderr
     assert "Connection refused; retrying in" in proc.stderr
@@ -539,8 +640,7 @@ def test_a_refused_login_is_named_and_not_retried(host, case):
     if case == "foreign-certificate":
         ca = local_ca("not the fleet's CA")
         now = datetime.datetime.now(UTC)
-        host.install(local_leaf(ca, now - datetime.timedelta(hours=1), now + datetime.timedelta(hours=20)),
-                     pem(ca[1]))
+        host.install(local_leaf(ca, now - datetime.timedelta(hours=1), now + datetime.timedelta(hours=20)), pem(ca[1]))
         host.configure(attempts=3)
         auth_role = "host"
     else:
@@ -549,8 +649,10 @@ def test_a_refused_login_is_named_and_not_retried(host, case):
     before = host.snapshot()
     proc = host.run()
     assert proc.returncode == 1
-    assert f"<3>no new certificate: OpenBao refused the login: the certificate is not trusted by " \
-           f"auth/cert role {auth_role}" in proc.stderr
+    assert (
+        f"<3>no new certificate: OpenBao refused the login: the certificate is not trusted by "
+        f"auth/cert role {auth_role}" in proc.stderr
+    )
     assert "attempt 1/" not in proc.stderr
     assert host.snapshot() == before
 
@@ -562,10 +664,13 @@ def test_a_name_the_pki_role_refuses_is_named(host, bao):
     serials = set(bao["client"].secrets.pki.list_certificates(mount_point="pki_int")["data"]["keys"])
     proc = host.run()
     assert proc.returncode == 1
-    assert f"renewing certificate {serial_of(issued['cert'])}" in proc.stderr and f"SANs differ: missing {other}" \
-        in proc.stderr
-    assert f"OpenBao refused to sign: common name {other} not allowed by this role (role {ROLE} at pki_int)" \
-        in proc.stderr
+    assert (
+        f"renewing certificate {serial_of(issued['cert'])}" in proc.stderr
+        and f"SANs differ: missing {other}" in proc.stderr
+    )
+    assert (
+        f"OpenBao refused to sign: common name {other} not allowed by this role (role {ROLE} at pki_int)" in proc.stderr
+    )
     assert "attempt 1/" not in proc.stderr
     assert host.snapshot() == before
     assert not host.pending.exists()
@@ -608,8 +713,10 @@ def test_a_host_without_a_usable_certificate_is_sent_to_the_playbook(host, case)
         now = datetime.datetime.now(UTC)
         issued = local_leaf(ca, now - datetime.timedelta(days=2), now - datetime.timedelta(days=1))
         host.install(issued, pem(ca[1]))
-        expected = f"the current certificate {serial_of(issued['cert'])} expired at " \
-                   f"{pki.cert_info(issued['cert'])['not_after']}"
+        expected = (
+            f"the current certificate {serial_of(issued['cert'])} expired at "
+            f"{pki.cert_info(issued['cert'])['not_after']}"
+        )
     else:
         host.releases.joinpath(FIRST_RELEASE).mkdir()
         host.current.symlink_to(f"releases/{FIRST_RELEASE}")
@@ -637,8 +744,11 @@ def test_a_bad_config_is_named_before_anything_happens(host):
     host.config_path.write_text(json.dumps(config))
     proc = host.run()
     assert proc.returncode == 1
-    for problem in ("openbao.url must be an https:// URL", "alt_names must be a list of DNS names",
-                    "ttl must be whole seconds, at least 60"):
+    for problem in (
+        "openbao.url must be an https:// URL",
+        "alt_names must be a list of DNS names",
+        "ttl must be whole seconds, at least 60",
+    ):
         assert problem in proc.stderr
     assert host.snapshot() == before
 
@@ -653,6 +763,7 @@ def test_a_certificate_of_the_builtin_ca_is_not_renewed_by_the_timer(host, bao):
 
 
 # --- the controller's path: status, request, install, publish ----------------------------------
+
 
 def test_check_config_names_an_unknown_and_a_missing_key(host):
     config = host.configure()
@@ -674,8 +785,10 @@ def test_check_config_names_an_unknown_and_a_missing_key(host):
     host.config_path.write_text(json.dumps({**config, "openbao": {**openbao, "token": "x"}}))
     proc = host.tool("check-config", str(host.config_path))
     assert proc.returncode == 1
-    assert proc.result["msg"] == f"the config {host.config_path} is invalid: unknown key openbao.token; " \
-                                 f"openbao.pki_role is required"
+    assert (
+        proc.result["msg"] == f"the config {host.config_path} is invalid: unknown key openbao.token; "
+        f"openbao.pki_role is required"
+    )
     assert not host.base.joinpath(".lock").exists()
 
 
@@ -699,13 +812,20 @@ def test_request_then_install_switches_publishes_runs_hooks_and_prunes(host, bao
 
     answer = sign_csr(bao, proc.result["csr"], 86400)
     trust = bao["root"] + pem(local_ca("the next root")[1])  # a rollover's bundle: what install is given
-    proc = host.command("install", stdin={"certificate": answer["certificate"],
-                                          "chain": "\n".join(answer["ca_chain"]), "ca": trust})
+    proc = host.command(
+        "install", stdin={"certificate": answer["certificate"], "chain": "\n".join(answer["ca_chain"]), "ca": trust}
+    )
     assert proc.returncode == 0, proc.stderr
     info = pki.cert_info(answer["certificate"])
     release = host.releases / proc.result["release"]
-    assert proc.result == {"changed": True, "serial": info["serial"], "not_after": info["not_after"],
-                           "release": release.name, "problems": [], "revoked": [FIRST_RELEASE]}
+    assert proc.result == {
+        "changed": True,
+        "serial": info["serial"],
+        "not_after": info["not_after"],
+        "release": release.name,
+        "problems": [],
+        "revoked": [FIRST_RELEASE],
+    }
     assert host.target() == f"releases/{release.name}" != f"releases/{FIRST_RELEASE}"
     assert not host.pending.exists() and not (host.base / "current.new").exists()
     assert (release / "key.pem").read_bytes() == key_pem(pending_key)
@@ -743,11 +863,14 @@ def test_an_install_that_is_not_what_was_asked_for_changes_nothing(host, bao, ca
     else:
         answer = sign_csr(bao, csr, 86400)
         ca = pem(local_ca("not the fleet's CA")[1])
-        expected = "the trust bundle lacks the root of the new issuer: the chain ends at " \
-                   "CN=sevenleague test intermediate, issued by CN=sevenleague test root"
+        expected = (
+            "the trust bundle lacks the root of the new issuer: the chain ends at "
+            "CN=sevenleague test intermediate, issued by CN=sevenleague test root"
+        )
     assert host.pending.joinpath("key.pem").exists()
-    proc = host.command("install", stdin={"certificate": answer["certificate"], "chain": answer["issuing_ca"],
-                                          "ca": ca})
+    proc = host.command(
+        "install", stdin={"certificate": answer["certificate"], "chain": answer["issuing_ca"], "ca": ca}
+    )
     assert proc.returncode == 1
     assert proc.result["failed"] is True and expected in proc.result["msg"], proc.result
     assert f"sevenleague-pki: error: {proc.result['msg']}" in proc.stderr
@@ -798,45 +921,46 @@ def test_status_names_a_changed_trust_bundle_and_stale_publications_which_publis
 
 # --- pieces -----------------------------------------------------------------------------------
 
+
 def test_backoff_doubles_up_to_the_maximum_with_full_jitter():
-    caps = [tool.backoff_delay(attempt, 5, 300, rand=lambda: 1.0) for attempt in range(1, 9)]
+    caps = [renew.backoff_delay(attempt, 5, 300, rand=lambda: 1.0) for attempt in range(1, 9)]
     assert caps == [5, 10, 20, 40, 80, 160, 300, 300]
-    assert tool.backoff_delay(3, 5, 300, rand=lambda: 0.0) == 0
-    assert all(0 <= tool.backoff_delay(4, 5, 300) <= 40 for _ in range(50))
+    assert renew.backoff_delay(3, 5, 300, rand=lambda: 0.0) == 0
+    assert all(0 <= renew.backoff_delay(4, 5, 300) <= 40 for _ in range(50))
 
 
 def test_retries_stop_at_a_refusal_and_after_the_last_attempt(host, monkeypatch):
     host.configure(attempts=4, backoff_initial=1, backoff_max=2)
-    cfg = tool.load_config(str(host.config_path))
+    cfg = tool_config.load_config(str(host.config_path))
     slept, calls = [], []
 
     def failing(error):
         def attempt():
             calls.append(error)
             raise error
+
         return attempt
 
-    with pytest.raises(tool.RenewError, match="down"):
-        tool.renew_with_retries(cfg, failing(tool.RenewError("down", retry=True)), sleep=slept.append)
+    with pytest.raises(common.RenewError, match="down"):
+        renew.renew_with_retries(cfg, failing(common.RenewError("down", retry=True)), sleep=slept.append)
     assert len(calls) == 4 and len(slept) == 3 and all(0 <= delay <= 2 for delay in slept)
     calls.clear()
-    with pytest.raises(tool.RenewError, match="refused"):
-        tool.renew_with_retries(cfg, failing(tool.RenewError("refused")), sleep=slept.append)
+    with pytest.raises(common.RenewError, match="refused"):
+        renew.renew_with_retries(cfg, failing(common.RenewError("refused")), sleep=slept.append)
     assert len(calls) == 1
 
 
 def test_releases_within_one_second_do_not_collide_and_pruning_spares_current(host):
     host.configure(keep_releases=1)
-    cfg = tool.load_config(str(host.config_path))
+    cfg = tool_config.load_config(str(host.config_path))
     moment = datetime.datetime(2026, 3, 1, 4, 15, 0, tzinfo=UTC)
-    names = [os.path.basename(tool.make_release_dir(cfg, moment, host.group.gr_gid)) for _ in range(3)]
+    names = [os.path.basename(store.make_release_dir(cfg, moment, host.group.gr_gid)) for _ in range(3)]
     assert names == ["20260301T041500Z", "20260301T041500Z-01", "20260301T041500Z-02"] == sorted(names)
     assert all(stat.S_IMODE((host.releases / name).stat().st_mode) == 0o750 for name in names)
     # Rolled back by hand to the oldest release: pruning keeps it and the newest other one.
     host.current.symlink_to(f"releases/{names[0]}")
-    assert tool.prune_releases(cfg) == [names[1]]
+    assert store.prune_releases(cfg) == [names[1]]
     assert host.release_names() == [names[0], names[2]]
-
 
 
 def test_a_hooks_output_goes_to_stderr_and_stdout_holds_only_the_json_answer(host):

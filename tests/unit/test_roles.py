@@ -31,8 +31,16 @@ def spec_options(role):
 @pytest.mark.parametrize("role", ROLES)
 def test_role_has_the_standard_parts(role):
     base = ROOT / "roles" / role
-    for part in ("meta/argument_specs.yml", "meta/main.yml", "defaults/main.yml", "tasks/main.yml", "tasks/preflight.yml",
-                 "README.md", "molecule/default/molecule.yml", "molecule/default/converge.yml"):
+    for part in (
+        "meta/argument_specs.yml",
+        "meta/main.yml",
+        "defaults/main.yml",
+        "tasks/main.yml",
+        "tasks/preflight.yml",
+        "README.md",
+        "molecule/default/molecule.yml",
+        "molecule/default/converge.yml",
+    ):
         assert (base / part).exists(), f"roles/{role}/{part} is missing"
     assert list((base / "molecule" / "default" / "tests").glob("test_*.py")), f"{role} has no testinfra tests"
 
@@ -86,12 +94,14 @@ def test_release_differences_live_in_one_vars_file_per_release(role):
 def test_roles_do_not_depend_on_each_other_through_meta(role):
     meta = ROOT / "roles" / role / "meta" / "main.yml"
     if meta.exists():
-        assert not (yaml.safe_load(meta.read_text()) or {}).get("dependencies"), \
+        assert not (yaml.safe_load(meta.read_text()) or {}).get("dependencies"), (
             f"{role}: order roles in playbooks, not through meta dependencies"
+        )
 
 
-@pytest.mark.parametrize("template", sorted((ROOT / "roles").glob("*/templates/*.j2")),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "template", sorted((ROOT / "roles").glob("*/templates/*.j2")), ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_templates_say_they_are_managed(template):
     text = template.read_text()
     # Macro libraries render nothing themselves.
@@ -101,6 +111,7 @@ def test_templates_say_they_are_managed(template):
 
 
 def test_readmes_are_generated_from_the_current_specs():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "role_readme.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "role_readme.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

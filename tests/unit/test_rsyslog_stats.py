@@ -1,8 +1,6 @@
-"""The rsyslog role's impstats converter (roles/rsyslog/files/sevenleague-rsyslog-stats), fed
+"""The rsyslog role's impstats converter (sevenleague_host.rsyslog_stats, the sevenleague-rsyslog-stats command), fed
 impstats lines as rsyslog 8.2302 (Debian 12) and 8.2504 (Debian 13) write them."""
 
-import importlib.machinery
-import importlib.util
 import os
 import signal
 import subprocess
@@ -13,19 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from sevenleague_host import rsyslog_stats as stats
+
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "roles" / "rsyslog" / "files" / "sevenleague-rsyslog-stats"
-
-
-def _load():
-    loader = importlib.machinery.SourceFileLoader("sevenleague_rsyslog_stats", str(TOOL))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-stats = _load()
+TOOL = [sys.executable, "-m", "sevenleague_host.rsyslog_stats"]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(str(ROOT / f) for f in ("collections", "packaging/sevenleague-host")),
+}
 
 # A client on Debian 12 (rsyslog 8.2302): one forwarding action with its disk-assisted queue,
 # the Debian rules' actions, and the statistics' own action. The forwarding action's and its
@@ -108,11 +101,15 @@ def test_only_inputs_actions_and_queues_become_series():
     names = {name.split("{")[0] for name in samples(converted(BOOKWORM_CLIENT + TRIXIE_AGGREGATOR))}
     assert names == {
         "sevenleague_rsyslog_input_submitted_total",
-        "sevenleague_rsyslog_action_processed_total", "sevenleague_rsyslog_action_failed_total",
-        "sevenleague_rsyslog_action_suspended_total", "sevenleague_rsyslog_action_suspended_seconds_total",
+        "sevenleague_rsyslog_action_processed_total",
+        "sevenleague_rsyslog_action_failed_total",
+        "sevenleague_rsyslog_action_suspended_total",
+        "sevenleague_rsyslog_action_suspended_seconds_total",
         "sevenleague_rsyslog_action_resumed_total",
-        "sevenleague_rsyslog_queue_size", "sevenleague_rsyslog_queue_max_size",
-        "sevenleague_rsyslog_queue_full_total", "sevenleague_rsyslog_queue_discarded_total",
+        "sevenleague_rsyslog_queue_size",
+        "sevenleague_rsyslog_queue_max_size",
+        "sevenleague_rsyslog_queue_full_total",
+        "sevenleague_rsyslog_queue_discarded_total",
         "sevenleague_rsyslog_stats_timestamp_seconds",
     }
     labels = {name.split("{")[1].split("=")[0] for name in samples(converted(TRIXIE_AGGREGATOR)) if "{" in name}
@@ -140,15 +137,23 @@ def test_later_records_replace_earlier_ones():
 def test_label_values_are_escaped():
     s = stats.Stats()
     s.update({"name": 'odd "name"\\with\nnewline', "origin": "core.action", "processed": 1})
-    line = next(line for line in s.render(0).splitlines()
-                if line.startswith("sevenleague_rsyslog_action_processed_total"))
+    line = next(
+        line for line in s.render(0).splitlines() if line.startswith("sevenleague_rsyslog_action_processed_total")
+    )
     assert line == 'sevenleague_rsyslog_action_processed_total{action="odd \\"name\\"\\\\with\\nnewline"} 1'
 
 
-@pytest.mark.parametrize("line", [
-    "", "not json", "{ broken", '["a", "list"]', '{ "origin": "core.action", "processed": 1 }',
-    '{ "name": "x", "origin": "core.action", "processed": true }',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "not json",
+        "{ broken",
+        '["a", "list"]',
+        '{ "origin": "core.action", "processed": 1 }',
+        '{ "name": "x", "origin": "core.action", "processed": true }',
+    ],
+)
 def test_anything_else_is_ignored(line):
     s = stats.Stats()
     s.update(stats.parse(line))
@@ -156,8 +161,10 @@ def test_anything_else_is_ignored(line):
 
 
 def test_a_whole_syslog_line_is_read_too():
-    record = stats.parse('2026-12-02T00:40:35+00:00 app2 rsyslogd-pstats: { "name": "main Q", '
-                         '"origin": "core.queue", "size": 3, "maxqsize": 4 }')
+    record = stats.parse(
+        '2026-12-02T00:40:35+00:00 app2 rsyslogd-pstats: { "name": "main Q", '
+        '"origin": "core.queue", "size": 3, "maxqsize": 4 }'
+    )
     assert record["size"] == 3
 
 
@@ -176,6 +183,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
 
     def refuse(src, dst):
         raise OSError("no")
+
     monkeypatch.setattr(stats.os, "replace", refuse)
     with pytest.raises(OSError):
         stats.write_atomic(str(target), "new\n")
@@ -216,21 +224,22 @@ def _wait_for(check, timeout=5.0):
 
 def test_the_program_reads_stdin_and_writes_the_file(tmp_path):
     target = tmp_path / "sevenleague_rsyslog.prom"
-    result = subprocess.run([sys.executable, str(TOOL), str(target)], input=TRIXIE_AGGREGATOR,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*TOOL, str(target)], input=TRIXIE_AGGREGATOR, capture_output=True, text=True, timeout=30, env=ENV
+    )
     assert result.returncode == 0, result.stderr
     assert 'sevenleague_rsyslog_input_submitted_total{input="imrelp(2514)"} 104' in target.read_text()
 
 
 def test_the_program_wants_an_absolute_path():
-    result = subprocess.run([sys.executable, str(TOOL), "relative.prom"], capture_output=True, text=True)
+    result = subprocess.run([*TOOL, "relative.prom"], capture_output=True, text=True, env=ENV)
     assert result.returncode == 64
 
 
 def test_the_program_survives_the_hangup_logrotate_sends_rsyslogs_unit(tmp_path):
     """Debian 12's rsyslog-rotate signals every process of rsyslog's unit, omprog's children too."""
     target = tmp_path / "sevenleague_rsyslog.prom"
-    program = subprocess.Popen([sys.executable, str(TOOL), str(target)], stdin=subprocess.PIPE, text=True)
+    program = subprocess.Popen([*TOOL, str(target)], stdin=subprocess.PIPE, text=True, env=ENV)
     try:
         program.stdin.write(TRIXIE_AGGREGATOR)
         program.stdin.flush()

@@ -28,8 +28,12 @@ print(" ".join(f"{c.__module__}.{c.__name__}" for c in plugin.StrategyModule.__m
 
 
 def probe(mode):
-    return subprocess.run([sys.executable, "-c", _PROBE, mode, str(ROOT / "plugins" / "strategy" / "mitogen_linear.py")],
-                          capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE, mode, str(ROOT / "plugins" / "strategy" / "mitogen_linear.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def test_with_mitogen_the_strategy_is_mitogens_linear():
@@ -50,8 +54,7 @@ def test_ansible_cfg_uses_it_and_keeps_facts_out_of_the_variables():
     assert "\nstrategy = mitogen_linear\n" in cfg and "\nstrategy_plugins = plugins/strategy\n" in cfg
     assert "\ninject_facts_as_vars = False\n" in cfg
     # Molecule writes an ansible.cfg of its own: the shared config sets the same through the environment.
-    molecule_env = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())[
-        "provisioner"]["env"]
+    molecule_env = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())["provisioner"]["env"]
     assert molecule_env["ANSIBLE_STRATEGY"] == "mitogen_linear"
     assert molecule_env["ANSIBLE_INJECT_FACT_VARS"] == "false"
 
@@ -88,12 +91,15 @@ def test_a_play_with_async_tasks_runs_without_mitogen_and_finishes(tmp_path):
     # runs on Ansible's own linear strategy, the others on Mitogen's.
     playbook = tmp_path / "async.yml"
     playbook.write_text(ASYNC_PLAYBOOK)
-    result = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-vv", str(playbook)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                     ANSIBLE_NOCOLOR="1"))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-vv", str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", ANSIBLE_NOCOLOR="1"),
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "play 'A play with an async task' has async tasks: running it on Ansible's linear strategy" \
-        in result.stdout
+    assert "play 'A play with an async task' has async tasks: running it on Ansible's linear strategy" in result.stdout
     assert "play 'A play without' has async tasks" not in result.stdout
     assert re.search(r"^localhost\s+: ok=3\s+changed=\d\s+unreachable=0\s+failed=0", result.stdout, re.M)

@@ -20,8 +20,9 @@ def test_debian_12_and_13_pass():
 
 def test_debian_11_is_refused_with_the_supported_releases_named():
     message = check(facts("Debian", "bullseye", "11"), PLATFORMS, "common", "old1.example")
-    assert message.startswith("old1.example runs Debian 11 (bullseye); the common role supports "
-                              "Debian 12 (bookworm) and 13 (trixie) only.")
+    assert message.startswith(
+        "old1.example runs Debian 11 (bullseye); the common role supports Debian 12 (bookworm) and 13 (trixie) only."
+    )
 
 
 def test_another_distribution_is_refused_even_with_a_known_codename():

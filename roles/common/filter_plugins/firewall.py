@@ -38,13 +38,14 @@ def _port(value, rule_name: str) -> str:
         if 1 <= low < high <= 65535:
             return f"{low}-{high}"
     raise AnsibleFilterError(
-        f"firewall rule {rule_name!r}: port {value!r} is neither a number nor a range like 8000-8100")
+        f"firewall rule {rule_name!r}: port {value!r} is neither a number nor a range like 8000-8100"
+    )
 
 
 def host_address(host: str, hostvars) -> str:
     """The address other hosts see for `host`: ansible_host when it is an
     address, else the default IPv4 address from its (cached) facts."""
-    hvars = hostvars[host] if host in hostvars else {}
+    hvars = hostvars.get(host, {})
     candidate = hvars.get("ansible_host", host)
     try:
         return str(ipaddress.ip_address(candidate))
@@ -56,7 +57,8 @@ def host_address(host: str, hostvars) -> str:
         return address
     raise AnsibleFilterError(
         f"no address known for {host}: set ansible_host to its IP address in the inventory, "
-        f"or gather its facts in the same run (fact caching keeps them between runs)")
+        f"or gather its facts in the same run (fact caching keeps them between runs)"
+    )
 
 
 def firewall_rules(rules, groups=None, hostvars=None):
@@ -77,16 +79,15 @@ def firewall_rules(rules, groups=None, hostvars=None):
             raise AnsibleFilterError(f"firewall rule #{index + 1} must be a mapping, got {rule!r}")
         name = str(rule.get("name", ""))
         if not _NAME.match(name):
-            raise AnsibleFilterError(
-                f"firewall rule #{index + 1}: name {name!r} must be 1-64 letters, digits or _.:-")
+            raise AnsibleFilterError(f"firewall rule #{index + 1}: name {name!r} must be 1-64 letters, digits or _.:-")
         if name in seen:
             raise AnsibleFilterError(f"firewall rule {name!r} is declared twice")
         seen.add(name)
         unknown = set(rule) - {"name", "port", "proto", "sources", "source_groups"}
         if unknown:
             raise AnsibleFilterError(
-                f"firewall rule {name!r}: unknown keys {sorted(unknown)}; "
-                f"use name, port, proto, sources, source_groups")
+                f"firewall rule {name!r}: unknown keys {sorted(unknown)}; use name, port, proto, sources, source_groups"
+            )
         proto = rule.get("proto", "tcp")
         if proto not in ("tcp", "udp"):
             raise AnsibleFilterError(f"firewall rule {name!r}: proto {proto!r} must be tcp or udp")
@@ -97,32 +98,34 @@ def firewall_rules(rules, groups=None, hostvars=None):
         sources = rule.get("sources") or []
         source_groups = rule.get("source_groups") or []
         if isinstance(sources, str) or isinstance(source_groups, str):
-            raise AnsibleFilterError(
-                f"firewall rule {name!r}: sources and source_groups are lists, not strings")
+            raise AnsibleFilterError(f"firewall rule {name!r}: sources and source_groups are lists, not strings")
         if not sources and not source_groups:
             raise AnsibleFilterError(
                 f"firewall rule {name!r} names no sources: list sources or source_groups "
-                f"(write sources: [0.0.0.0/0, '::/0'] to open it to everyone)")
+                f"(write sources: [0.0.0.0/0, '::/0'] to open it to everyone)"
+            )
         networks = set()
         for source in sources:
             try:
                 networks.add(ipaddress.ip_network(str(source), strict=False))
             except ValueError:
                 raise AnsibleFilterError(
-                    f"firewall rule {name!r}: source {source!r} is not an address or network") from None
+                    f"firewall rule {name!r}: source {source!r} is not an address or network"
+                ) from None
         for group in source_groups:
             if group not in groups:
-                raise AnsibleFilterError(
-                    f"firewall rule {name!r}: source group {group!r} is not an inventory group")
+                raise AnsibleFilterError(f"firewall rule {name!r}: source group {group!r} is not an inventory group")
             for host in groups[group]:
                 networks.add(ipaddress.ip_network(host_address(host, hostvars)))
-        out.append({
-            "name": name,
-            "proto": proto,
-            "ports": ports,
-            "ipv4": [str(n) for n in sorted(n for n in networks if n.version == 4)],
-            "ipv6": [str(n) for n in sorted(n for n in networks if n.version == 6)],
-        })
+        out.append(
+            {
+                "name": name,
+                "proto": proto,
+                "ports": ports,
+                "ipv4": [str(n) for n in sorted(n for n in networks if n.version == 4)],
+                "ipv6": [str(n) for n in sorted(n for n in networks if n.version == 6)],
+            }
+        )
     return out
 
 

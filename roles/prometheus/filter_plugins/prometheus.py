@@ -36,10 +36,12 @@ def file_sd_targets(hosts, hostvars, port, env: str) -> list[dict]:
         hvars = hostvars[host]
         address = hvars.get("ansible_host") or host
         groups = sorted(set(hvars.get("group_names") or []) - {"all", "ungrouped"})
-        out.append({
-            "targets": [f"{_address(str(address))}:{int(port)}"],
-            "labels": {"instance": host, "env": env, "group": ",".join(groups)},
-        })
+        out.append(
+            {
+                "targets": [f"{_address(str(address))}:{int(port)}"],
+                "labels": {"instance": host, "env": env, "group": ",".join(groups)},
+            }
+        )
     return out
 
 

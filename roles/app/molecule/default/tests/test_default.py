@@ -25,15 +25,31 @@ def main_pid(host, unit):
 
 def converge(services: dict) -> subprocess.CompletedProcess:
     """The scenario's converge with another service map."""
-    return subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-                           "-e", json.dumps({"sevenleague_services": services}), str(SCENARIO / "converge.yml")],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "-e",
+            json.dumps({"sevenleague_services": services}),
+            str(SCENARIO / "converge.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 SERVICES = {
     "greeter": {"version": "1.1.0-1", "port": 8081, "mesh_port": 8443, "egress_port": 10001, "calls": []},
-    "frontend": {"version": "1.1.0-1", "port": 8080, "mesh_port": 8444, "egress_port": 10000,
-                 "calls": ["greeter"], "config": {"upstream_timeout_seconds": 3}},
+    "frontend": {
+        "version": "1.1.0-1",
+        "port": 8080,
+        "mesh_port": 8444,
+        "egress_port": 10000,
+        "calls": ["greeter"],
+        "config": {"upstream_timeout_seconds": 3},
+    },
 }
 
 
@@ -42,22 +58,30 @@ def test_each_service_runs_its_pinned_version_and_is_healthy(host, name):
     assert host.package(name).version == "1.1.0-1"
     assert host.service(name).is_running and host.service(name).is_enabled
     assert json.loads(host.check_output(f"curl -sf http://127.0.0.1:{SERVICES[name]['port']}/healthz")) == {
-        "status": "ok"}
+        "status": "ok"
+    }
 
 
 def test_the_configuration_comes_from_the_service_map(host):
     assert json.loads(host.file("/etc/greeter/greeter.json").content_string) == {
-        "listen_address": "127.0.0.1", "port": 8081}
+        "listen_address": "127.0.0.1",
+        "port": 8081,
+    }
     # frontend calls greeter through its local Envoy's listener for greeter.
     assert json.loads(host.file("/etc/frontend/frontend.json").content_string) == {
-        "listen_address": "127.0.0.1", "port": 8080, "upstream_url": "http://127.0.0.1:10001",
-        "upstream_timeout_seconds": 3}
+        "listen_address": "127.0.0.1",
+        "port": 8080,
+        "upstream_url": "http://127.0.0.1:10001",
+        "upstream_timeout_seconds": 3,
+    }
 
 
 def test_the_deployed_versions_are_a_fact_and_a_metric(host):
     fact = json.loads(host.file("/etc/ansible/facts.d/app.fact").content_string)
-    assert fact == {"frontend": {"package": "frontend", "version": "1.1.0-1"},
-                    "greeter": {"package": "greeter", "version": "1.1.0-1"}}
+    assert fact == {
+        "frontend": {"package": "frontend", "version": "1.1.0-1"},
+        "greeter": {"package": "greeter", "version": "1.1.0-1"},
+    }
     metric = host.file("/var/lib/prometheus/node-exporter/sevenleague_app.prom").content_string
     assert 'sevenleague_app_version_info{service="greeter",version="1.1.0-1"} 1' in metric
     assert 'sevenleague_app_version_info{service="frontend",version="1.1.0-1"} 1' in metric

@@ -14,8 +14,10 @@ DIST = "/srv/apt/public/dists/sevenleague"
 
 def update(host):
     """apt-get update, reading the internal repository's files afresh."""
-    host.run(f"find {LISTS} -maxdepth 1 -name '*sevenleague_main*' ! -name '*debian*' -delete; "
-             f"find {LISTS} -maxdepth 1 -name '*_dists_sevenleague_*Release*' ! -name '*debian*' -delete")
+    host.run(
+        f"find {LISTS} -maxdepth 1 -name '*sevenleague_main*' ! -name '*debian*' -delete; "
+        f"find {LISTS} -maxdepth 1 -name '*_dists_sevenleague_*Release*' ! -name '*debian*' -delete"
+    )
     # The host's own apt timers may hold the lock for a while: wait for it rather than fail.
     return host.run("apt-get -o DPkg::Lock::Timeout=300 update")
 
@@ -39,22 +41,28 @@ def test_the_untouched_repository_updates_cleanly(host):
 
 @pytest.fixture
 def restore(host):
-    host.run(f"rm -rf /tmp/dist-backup && cp -a {DIST} /tmp/dist-backup && "
-             "cp -a /etc/apt/keyrings/sevenleague.asc /tmp/keyring-backup")
+    host.run(
+        f"rm -rf /tmp/dist-backup && cp -a {DIST} /tmp/dist-backup && "
+        "cp -a /etc/apt/keyrings/sevenleague.asc /tmp/keyring-backup"
+    )
     yield
-    host.run(f"rm -rf {DIST} && cp -a /tmp/dist-backup {DIST} && "
-             "cp -a /tmp/keyring-backup /etc/apt/keyrings/sevenleague.asc")
+    host.run(
+        f"rm -rf {DIST} && cp -a /tmp/dist-backup {DIST} && cp -a /tmp/keyring-backup /etc/apt/keyrings/sevenleague.asc"
+    )
     assert update(host).rc == 0
 
 
 def test_a_tampered_packages_file_is_refused(host, restore):
     # apt fetches a compressed index when there is one: tamper with every form the repository has.
     packages = f"{DIST}/main/binary-amd64/Packages"
-    recompress = ("import bz2, gzip, lzma, os, sys; p = sys.argv[1]; d = open(p, 'rb').read(); "
-                  "[open(p + e, 'wb').write(f(d)) for e, f in "
-                  "(('.gz', gzip.compress), ('.bz2', bz2.compress), ('.xz', lzma.compress)) if os.path.exists(p + e)]")
-    tampered = host.run(f"printf 'Package: evil\\nVersion: 6.6.6\\n\\n' >> {packages} && "
-                        f"python3 -c \"{recompress}\" {packages}")
+    recompress = (
+        "import bz2, gzip, lzma, os, sys; p = sys.argv[1]; d = open(p, 'rb').read(); "
+        "[open(p + e, 'wb').write(f(d)) for e, f in "
+        "(('.gz', gzip.compress), ('.bz2', bz2.compress), ('.xz', lzma.compress)) if os.path.exists(p + e)]"
+    )
+    tampered = host.run(
+        f"printf 'Package: evil\\nVersion: 6.6.6\\n\\n' >> {packages} && python3 -c \"{recompress}\" {packages}"
+    )
     assert tampered.rc == 0, tampered.stderr
     result = update(host)
     output = result.stdout + result.stderr
@@ -68,14 +76,14 @@ def test_a_tampered_release_file_is_refused(host, restore):
     output = result.stdout + result.stderr
     assert result.rc != 0
     # gpgv (apt 2, Debian 12) says BADSIG; sqv (apt 3, Debian 13) says the message was manipulated.
-    assert ("signatures were invalid" in output or "BADSIG" in output
-            or "Message has been manipulated" in output), output
+    assert "signatures were invalid" in output or "BADSIG" in output or "Message has been manipulated" in output, output
 
 
 def test_a_repository_signed_by_an_unknown_key_is_refused(host, restore):
     other = host.run(
         "export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key 'stranger' ed25519 sign 0"
-        " && gpg --batch --armor --export stranger > /etc/apt/keyrings/sevenleague.asc")
+        " && gpg --batch --armor --export stranger > /etc/apt/keyrings/sevenleague.asc"
+    )
     assert other.rc == 0, other.stderr
     result = update(host)
     output = result.stdout + result.stderr

@@ -60,7 +60,8 @@ def test_installed_greeter_answers(client):
 def test_indexes_are_signed_by_the_published_key(repo):
     check = repo.run(
         f"gpg --dearmor < {PUBLIC}/sevenleague-archive-keyring.asc > /tmp/keyring.gpg && "
-        f"gpg --batch --no-default-keyring --keyring /tmp/keyring.gpg --verify {PUBLIC}/dists/sevenleague/InRelease")
+        f"gpg --batch --no-default-keyring --keyring /tmp/keyring.gpg --verify {PUBLIC}/dists/sevenleague/InRelease"
+    )
     assert check.rc == 0, check.stderr
 
 
@@ -73,13 +74,16 @@ def test_private_key_stays_in_its_root_only_home(repo):
     assert served.stdout == ""
 
 
-@pytest.mark.parametrize(("path", "code"), [
-    ("/sevenleague-archive-keyring.asc", "200"),
-    ("/dists/sevenleague/InRelease", "200"),
-    ("/db/CURRENT", "404"),
-    ("/public/dists/sevenleague/InRelease", "404"),
-    ("/", "404"),
-])
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/sevenleague-archive-keyring.asc", "200"),
+        ("/dists/sevenleague/InRelease", "200"),
+        ("/db/CURRENT", "404"),
+        ("/public/dists/sevenleague/InRelease", "404"),
+        ("/", "404"),
+    ],
+)
 def test_nginx_serves_only_what_apt_needs(client, repo_address, path, code):
     got = client.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{repo_address}{path}")
     assert got == code
@@ -94,9 +98,14 @@ def test_hosts_outside_the_fleet_cannot_reach_the_repository(repo_address):
 def publish(deb):
     """The apt_repo publish step's module, run on the repository host."""
     repo = through_ansible("sl-molecule-repo")
-    fingerprint = repo.ansible("setup", "filter=ansible_local")["ansible_facts"]["ansible_local"]["apt_repo"]["fingerprint"]
-    return repo.ansible("aptly_publish", f"repo=sevenleague distribution=sevenleague gpg_key={fingerprint} "
-                        f"gnupghome={GNUPGHOME} debs={deb}", check=False)
+    fingerprint = repo.ansible("setup", "filter=ansible_local")["ansible_facts"]["ansible_local"]["apt_repo"][
+        "fingerprint"
+    ]
+    return repo.ansible(
+        "aptly_publish",
+        f"repo=sevenleague distribution=sevenleague gpg_key={fingerprint} gnupghome={GNUPGHOME} debs={deb}",
+        check=False,
+    )
 
 
 def test_publishing_the_same_file_again_changes_nothing(repo):
@@ -109,7 +118,8 @@ def test_a_changed_file_with_a_published_version_is_refused(repo):
     deb = repo_incoming(repo)
     rebuilt = repo.run(
         f"rm -rf /tmp/rebuild && dpkg-deb -R {deb} /tmp/rebuild && echo '# changed' >> /tmp/rebuild/usr/lib/greeter/greeter.py"
-        f" && dpkg-deb --root-owner-group --build /tmp/rebuild /tmp/greeter-changed.deb")
+        f" && dpkg-deb --root-owner-group --build /tmp/rebuild /tmp/greeter-changed.deb"
+    )
     assert rebuilt.rc == 0, rebuilt.stderr
     result = publish("/tmp/greeter-changed.deb")
     # testinfra hands back the module's result; the refusal is its message.
@@ -125,7 +135,8 @@ def test_every_published_version_stays_installable(repo, client, greeter_version
     rebuilt = repo.run(
         f"rm -rf /tmp/newer && dpkg-deb -R {repo_incoming(repo)} /tmp/newer"
         f" && sed -i 's/^Version: .*/Version: {newer}/' /tmp/newer/DEBIAN/control"
-        f" && dpkg-deb --root-owner-group --build /tmp/newer /tmp/greeter_{newer}_all.deb")
+        f" && dpkg-deb --root-owner-group --build /tmp/newer /tmp/greeter_{newer}_all.deb"
+    )
     assert rebuilt.rc == 0, rebuilt.stderr
     result = publish(f"/tmp/greeter_{newer}_all.deb")
     assert result.get("changed") is True and result["snapshot"] != result["previous_snapshot"], result

@@ -30,11 +30,16 @@ def listeners(host):
         host.run(f"systemctl stop probe-{port}.service")
         cmd = host.run(
             f"systemd-run --unit probe-{port} --property=Type=exec "
-            f"/usr/bin/python3 -m http.server --bind 0.0.0.0 {port}")
+            f"/usr/bin/python3 -m http.server --bind 0.0.0.0 {port}"
+        )
         assert cmd.rc == 0, cmd.stderr
     for port in ports:
-        assert host.run(f"for i in $(seq 50); do ss -Htln 'sport = :{port}' | grep -q . && exit 0; "
-                        f"sleep 0.1; done; exit 1").rc == 0, f"nothing listens on {port}"
+        assert (
+            host.run(
+                f"for i in $(seq 50); do ss -Htln 'sport = :{port}' | grep -q . && exit 0; sleep 0.1; done; exit 1"
+            ).rc
+            == 0
+        ), f"nothing listens on {port}"
     yield ports
     for port in ports:
         host.run(f"systemctl stop probe-{port}.service")
@@ -90,8 +95,7 @@ def test_rule_set_files_are_private(host):
 
 
 def test_sshd_effective_settings(host):
-    effective = dict(
-        line.split(" ", 1) for line in host.check_output("sshd -T").splitlines() if " " in line)
+    effective = dict(line.split(" ", 1) for line in host.check_output("sshd -T").splitlines() if " " in line)
     assert effective["passwordauthentication"] == "no"
     assert effective["kbdinteractiveauthentication"] == "no"
     assert effective["permitrootlogin"] == "without-password"
@@ -112,11 +116,27 @@ def test_sshd_prefers_the_post_quantum_key_exchange_of_its_release(host):
 def test_sshd_offers_no_password_login(address):
     """A client that only knows a password is turned away before it may try one."""
     result = subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no",
-         "-o", "PreferredAuthentications=password,keyboard-interactive",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "ConnectTimeout=5", f"root@{address}", "true"],
-        capture_output=True, text=True, timeout=30)
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            f"root@{address}",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "Permission denied (publickey)" in result.stderr
 
@@ -146,7 +166,7 @@ def test_apt_knows_updates_and_security_of_the_hosts_release(host):
 
 def test_unattended_upgrades_take_security_only(host):
     dump = host.check_output("apt-config dump Unattended-Upgrade::Origins-Pattern")
-    patterns = [line for line in dump.splitlines() if line.startswith('Unattended-Upgrade::Origins-Pattern:: ')]
+    patterns = [line for line in dump.splitlines() if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")]
     assert patterns, dump
     assert all("Debian-Security" in line for line in patterns), patterns
     assert host.service("apt-daily-upgrade.timer").is_enabled

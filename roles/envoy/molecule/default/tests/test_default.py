@@ -35,8 +35,10 @@ def address(host):
 def https(host, target: tuple[str, str], port: int, path: str, options: str = MTLS) -> tuple[int, str]:
     """(curl's exit code, the HTTP status) of a call from `host` to the Envoy of target (name, address)."""
     name, ip = target
-    result = host.run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {name}:{port}:{ip} "
-                      f"{options} https://{name}:{port}{path}")
+    result = host.run(
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {name}:{port}:{ip} "
+        f"{options} https://{name}:{port}{path}"
+    )
     return result.rc, result.stdout.strip()
 
 
@@ -44,11 +46,13 @@ def test_frontend_reaches_greeter_through_both_envoys(callee, caller):
     answer = json.loads(caller.check_output("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=mesh'"))
     assert answer["greeter"]["greeting"] == "Hello, mesh!"
     assert answer["greeter"]["host"] == callee.check_output("hostname")
+
     # Both Envoys logged it, one JSON line each on their journal, under one request id, and the
     # callee's names the caller's certificate.
     def requests(host):
         lines = host.check_output("journalctl -u envoy -o cat --since -2min").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{") and '"/hello"' in line]
+
     # Envoy writes its access log once a second (the unit's flush interval): wait a few for both lines.
     deadline = time.monotonic() + 10
     while True:
@@ -73,10 +77,16 @@ def test_greeters_listener_refuses_a_certificate_from_another_ca(callee, caller)
     caller.check_output(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
         f"-subj /CN={CALLER} -addext subjectAltName=DNS:{CALLER} "
-        "-keyout /run/sl-other.key -out /run/sl-other.pem 2>/dev/null")
+        "-keyout /run/sl-other.key -out /run/sl-other.pem 2>/dev/null"
+    )
     try:
-        rc, code = https(caller, (CALLEE, address(callee)), 8443, "/hello",
-                         options=f"--cert /run/sl-other.pem --key /run/sl-other.key --cacert {CURRENT}/ca.pem")
+        rc, code = https(
+            caller,
+            (CALLEE, address(callee)),
+            8443,
+            "/hello",
+            options=f"--cert /run/sl-other.pem --key /run/sl-other.key --cacert {CURRENT}/ca.pem",
+        )
     finally:
         caller.run("rm -f /run/sl-other.key /run/sl-other.pem")
     assert rc != 0 or code in ("", "000"), (rc, code)
@@ -97,8 +107,9 @@ def test_admin_listens_on_loopback_only(callee):
 
 def test_stats_are_served_to_the_monitoring_hosts_only(callee, caller):
     target = (CALLEE, address(callee))
-    text = caller.check_output(f"curl -sf --max-time 5 --resolve {CALLEE}:9902:{target[1]} {MTLS} "
-                               f"https://{CALLEE}:9902/stats/prometheus")
+    text = caller.check_output(
+        f"curl -sf --max-time 5 --resolve {CALLEE}:9902:{target[1]} {MTLS} https://{CALLEE}:9902/stats/prometheus"
+    )
     assert 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="inbound_greeter"}' in text
     # The admin interface's other pages stay on loopback.
     assert https(caller, target, 9902, "/certs") == (0, "404")
@@ -136,12 +147,18 @@ print(ok, bad, errors)
 def test_rotating_both_hosts_certificates_under_load_fails_no_request(callee, caller):
     before = {h: file_serial(host) for h, host in ((CALLEE, callee), (CALLER, caller))}
     caller.check_output(f"cat > /run/sl-load.py <<'EOF'\n{LOAD}\nEOF")
-    caller.check_output("rm -f /run/sl-load.stop && systemd-run --unit sl-load --collect "
-                        "-p StandardOutput=file:/run/sl-load.out python3 /run/sl-load.py")
+    caller.check_output(
+        "rm -f /run/sl-load.stop && systemd-run --unit sl-load --collect "
+        "-p StandardOutput=file:/run/sl-load.out python3 /run/sl-load.py"
+    )
     try:
         time.sleep(2)
-        run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-                              str(SCENARIO / "rotate.yml")], capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "rotate.yml")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert run.returncode == 0, run.stdout[-3000:]
         time.sleep(2)
     finally:

@@ -24,9 +24,11 @@ def host():
 @pytest.fixture
 def other_ca(host):
     """A certificate with the host's name, from a CA the exporter does not trust."""
-    host.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
-                      f"-subj /CN={NAME} -addext subjectAltName=DNS:{NAME} "
-                      "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
+    host.check_output(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+        f"-subj /CN={NAME} -addext subjectAltName=DNS:{NAME} "
+        "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null"
+    )
     yield "--cert /run/sl-other-ca.pem --key /run/sl-other-ca.key"
     host.run("rm -f /run/sl-other-ca.key /run/sl-other-ca.pem")
 
@@ -39,13 +41,12 @@ def test_the_exporter_runs_as_prometheus_with_the_key_group(host):
 
 def test_the_hosts_certificate_gets_the_metrics_with_the_pki_textfile(host):
     metrics = host.check_output(f"{CURL} {HOST_CERT} {URL}")
-    end = host.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    end = host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
     value = re.search(r'^sevenleague_certificate_not_after_seconds\{name="host"\} (\S+)$', metrics, re.M)
     assert value and float(value.group(1)) == int(end)
-    assert re.search(r'^node_textfile_scrape_error 0$', metrics, re.M)
+    assert re.search(r"^node_textfile_scrape_error 0$", metrics, re.M)
     # The systemd collector, within the include/exclude bounds.
-    assert 'node_systemd_unit_state{name="prometheus-node-exporter.service",state="active",type="simple"} 1' \
-        in metrics
+    assert 'node_systemd_unit_state{name="prometheus-node-exporter.service",state="active",type="simple"} 1' in metrics
     assert not re.search(r'node_systemd_unit_state\{name="[^"]+\.(mount|slice|scope)"', metrics)
 
 
@@ -76,8 +77,10 @@ def test_tls_below_1_2_is_refused(host):
 
 
 # Serial of the certificate the exporter serves, while the client presents the host's real one.
-SERVED = ("openssl s_client -connect 127.0.0.1:9100 -cert $real/fullchain.pem -key $real/key.pem </dev/null "
-          "2>/dev/null | openssl x509 -noout -serial")
+SERVED = (
+    "openssl s_client -connect 127.0.0.1:9100 -cert $real/fullchain.pem -key $real/key.pem </dev/null "
+    "2>/dev/null | openssl x509 -noout -serial"
+)
 STAND_IN = "/etc/sevenleague/pki/releases/sl-molecule-stand-in"
 
 
@@ -117,6 +120,8 @@ def test_a_new_certificate_is_served_without_a_restart(host):
 def test_the_checker_refuses_a_broken_web_config(host):
     config = "/etc/prometheus/node-exporter-web.yml"
     assert host.run(f"sevenleague-check-web-config {config}").rc == 0
-    bad = host.run(f"sed 's/TLS12/TLS1.2/' {config} > /run/sl-bad-web.yml && "
-                   "sevenleague-check-web-config /run/sl-bad-web.yml; rc=$?; rm -f /run/sl-bad-web.yml; exit $rc")
+    bad = host.run(
+        f"sed 's/TLS12/TLS1.2/' {config} > /run/sl-bad-web.yml && "
+        "sevenleague-check-web-config /run/sl-bad-web.yml; rc=$?; rm -f /run/sl-bad-web.yml; exit $rc"
+    )
     assert bad.rc == 1 and "min_version" in bad.stderr

@@ -35,19 +35,19 @@ def ca_address(ca):
 
 
 # The image has no curl: requests go through the host's python3, as the timer's do.
-_REQUEST = """
+_REQUEST = f"""
 import json, ssl, sys, urllib.error, urllib.request
 url, body, token, cert = sys.argv[1:5]
-context = ssl.create_default_context(cafile="%s/openbao-server-ca.pem")
+context = ssl.create_default_context(cafile="{PKI}/openbao-server-ca.pem")
 if cert:
     context.load_cert_chain(cert + "/fullchain.pem", cert + "/key.pem")
-request = urllib.request.Request(url, data=body.encode() if body else None, headers={"X-Vault-Token": token})
+request = urllib.request.Request(url, data=body.encode() if body else None, headers={{"X-Vault-Token": token}})
 try:
     with urllib.request.urlopen(request, context=context, timeout=10) as answer:
-        print(json.dumps({"status": answer.status, "body": json.load(answer)}))
+        print(json.dumps({{"status": answer.status, "body": json.load(answer)}}))
 except urllib.error.HTTPError as error:
-    print(json.dumps({"status": error.code, "body": json.load(error)}))
-""" % PKI
+    print(json.dumps({{"status": error.code, "body": json.load(error)}}))
+"""
 
 
 def request(host, url, body="", token="", cert=""):
@@ -78,9 +78,11 @@ def test_config_and_data_are_private(ca):
 
 def served_serial(ca, client) -> str:
     """The serial of the certificate OpenBao's listener presents, verified as a client verifies it."""
-    out = client.run(f"openssl s_client -connect {ca_address(ca)}:8200 -verify_return_error "
-                     f"-CAfile {PKI}/openbao-server-ca.pem -verify_ip {ca_address(ca)} </dev/null 2>/dev/null"
-                     f" | openssl x509 -noout -serial")
+    out = client.run(
+        f"openssl s_client -connect {ca_address(ca)}:8200 -verify_return_error "
+        f"-CAfile {PKI}/openbao-server-ca.pem -verify_ip {ca_address(ca)} </dev/null 2>/dev/null"
+        f" | openssl x509 -noout -serial"
+    )
     assert out.rc == 0, out.stdout + out.stderr
     return out.stdout.strip().split("=", 1)[1].lower()
 
@@ -98,9 +100,11 @@ def test_the_listener_timer_renews_it_and_openbao_serves_it_without_a_restart(ca
     before, started = served_serial(ca, client), ca.check_output("systemctl show openbao -p ExecMainStartTimestamp")
     dropin = f"/run/systemd/system/{LISTENER_TIMER}.service.d/force.conf"
     config = "/etc/sevenleague/certificates/openbao.json"
-    ca.check_output(f"mkdir -p $(dirname {dropin}) && printf '[Service]\\nExecStart=\\n"
-                    f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {config}\\n' > {dropin}"
-                    f" && systemctl daemon-reload")
+    ca.check_output(
+        f"mkdir -p $(dirname {dropin}) && printf '[Service]\\nExecStart=\\n"
+        f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {config}\\n' > {dropin}"
+        f" && systemctl daemon-reload"
+    )
     try:
         run = ca.run(f"systemctl start {LISTENER_TIMER}.service")
         assert run.rc == 0, ca.run(f"journalctl -u {LISTENER_TIMER}.service --no-pager -n 30").stdout
@@ -114,13 +118,17 @@ def test_the_listener_timer_renews_it_and_openbao_serves_it_without_a_restart(ca
     assert not health(client, ca)["sealed"]
 
 
-HOLDERS = {"ops-a": "molecule-only-holder-a-passphrase", "ops-b": "molecule-only-holder-b-passphrase",
-           "ops-c": "molecule-only-holder-c-passphrase"}
+HOLDERS = {
+    "ops-a": "molecule-only-holder-a-passphrase",
+    "ops-b": "molecule-only-holder-b-passphrase",
+    "ops-c": "molecule-only-holder-c-passphrase",
+}
 SECRETS = INVENTORY / ".openbao"
 
 
 def unvault(path: Path, passphrase: str) -> dict:
     from ansible.parsing.vault import AnsibleVaultError, VaultLib, VaultSecret
+
     try:
         return json.loads(VaultLib([("default", VaultSecret(passphrase.encode()))]).decrypt(path.read_bytes()))
     except AnsibleVaultError:
@@ -130,10 +138,16 @@ def unvault(path: Path, passphrase: str) -> dict:
 def api(method, path, token="", body=None):
     """(status, JSON) of a call from the controller, which the firewall lets in."""
     import requests
+
     host = testinfra.get_host(f"podman://{CA}")
-    answer = requests.request(method, f"https://{ca_address(host)}:8200/v1/{path}", json=body, timeout=10,
-                              headers={"X-Vault-Token": token} if token else {},
-                              verify=str(SECRETS / "server-ca.pem"))
+    answer = requests.request(
+        method,
+        f"https://{ca_address(host)}:8200/v1/{path}",
+        json=body,
+        timeout=10,
+        headers={"X-Vault-Token": token} if token else {},
+        verify=str(SECRETS / "server-ca.pem"),
+    )
     return answer.status_code, (answer.json() if answer.content.strip() else {})
 
 
@@ -181,16 +195,17 @@ def test_the_root_token_was_revoked_and_two_holders_can_make_a_new_one():
     status, attempt = api("POST", "sys/generate-root-token/attempt", token, {})
     assert status == 200, attempt
     attempt = attempt["data"]
-    keys = unvault(SECRETS / "unseal-ops-a.vault", HOLDERS["ops-a"])["keys_base64"] + \
-        unvault(SECRETS / "unseal-ops-c.vault", HOLDERS["ops-c"])["keys_base64"]
+    keys = (
+        unvault(SECRETS / "unseal-ops-a.vault", HOLDERS["ops-a"])["keys_base64"]
+        + unvault(SECRETS / "unseal-ops-c.vault", HOLDERS["ops-c"])["keys_base64"]
+    )
     for key in keys:
-        status, progress = api("POST", "sys/generate-root-token/update", token,
-                               {"key": key, "nonce": attempt["nonce"]})
+        status, progress = api("POST", "sys/generate-root-token/update", token, {"key": key, "nonce": attempt["nonce"]})
         assert status == 200, progress
         progress = progress["data"]
     assert progress["complete"]
     encoded = base64.b64decode(progress["encoded_token"] + "=" * (-len(progress["encoded_token"]) % 4))
-    root = bytes(a ^ b for a, b in zip(encoded, attempt["otp"].encode())).decode()
+    root = bytes(a ^ b for a, b in zip(encoded, attempt["otp"].encode(), strict=False)).decode()
     try:
         status, accessors = api("LIST", "auth/token/accessors", root)
         assert status == 200
@@ -219,8 +234,8 @@ def test_the_client_certificate_comes_from_openbao_and_stays_on_the_host(client)
     assert verify.rc == 0, verify.stderr
     fact = json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)
     assert fact["backend"] == "openbao"
-    start = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)\" +%s")
-    end = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    start = client.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)" +%s')
+    end = client.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
     assert int(end) - int(start) <= 600 + 60
 
 
@@ -231,8 +246,9 @@ def test_a_login_token_cannot_sign_for_other_names(ca, client):
     token = login["auth"]["client_token"]
     assert login["auth"]["policies"] == ["sevenleague-host-renew"]
     for role in ("host", f"renew-{CA}"):
-        status, answer = request(client, f"{url}/v1/pki_int/sign/{role}", token=token,
-                                 body=json.dumps({"common_name": CA, "csr": "x"}))
+        status, answer = request(
+            client, f"{url}/v1/pki_int/sign/{role}", token=token, body=json.dumps({"common_name": CA, "csr": "x"})
+        )
         assert status == 403 and "permission denied" in json.dumps(answer)
 
 
@@ -254,9 +270,11 @@ def due_now(client):
     """The timer's own unit, renewing whatever the policy says: the next run renews at once."""
     command = client.check_output(f"systemctl show {AGENT}.service -p ExecStart --value")
     assert f"--config {AGENT_CONFIG}" in command
-    client.check_output(f"mkdir -p $(dirname {FORCE_DROPIN}) && printf '[Service]\\nExecStart=\\n"
-                        f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {AGENT_CONFIG}\\n' > {FORCE_DROPIN}"
-                        f" && systemctl daemon-reload")
+    client.check_output(
+        f"mkdir -p $(dirname {FORCE_DROPIN}) && printf '[Service]\\nExecStart=\\n"
+        f"ExecStart=/usr/sbin/sevenleague-pki renew --force --config {AGENT_CONFIG}\\n' > {FORCE_DROPIN}"
+        f" && systemctl daemon-reload"
+    )
     yield
     client.check_output(f"rm -f {FORCE_DROPIN} && systemctl daemon-reload")
 
@@ -274,7 +292,7 @@ def test_the_agent_renews_the_certificate_without_the_controller(client, due_now
     verify = client.run(f"cd {CURRENT} && openssl verify -CAfile ca.pem -untrusted chain.pem cert.pem")
     assert verify.rc == 0, verify.stderr
     serial = after.split("=", 1)[1].strip().lower()
-    end = client.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    end = client.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
     metrics = client.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
     assert f'sevenleague_certificate_not_after_seconds{{name="host"}} {end}\n' in metrics
     assert json.loads(client.file("/etc/ansible/facts.d/pki.fact").content_string)["serial"] == serial
@@ -317,19 +335,30 @@ def test_a_host_gets_only_its_own_names_and_address_from_its_renewal_role(ca, cl
     status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
     assert status == 200, login
     token = login["auth"]["client_token"]
-    own = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -subject -nameopt multiline"
-                              " | sed -n 's/^ *commonName *= *//p'")
-    csr = client.check_output("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                              "-keyout /dev/null -subj /CN=ignored 2>/dev/null")
+    own = client.check_output(
+        f"openssl x509 -in {CURRENT}/cert.pem -noout -subject -nameopt multiline | sed -n 's/^ *commonName *= *//p'"
+    )
+    csr = client.check_output(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        "-keyout /dev/null -subj /CN=ignored 2>/dev/null"
+    )
 
     def sign(**names):
-        return request(client, f"{url}/v1/pki_int/sign/renew-{own}", token=token,
-                       body=json.dumps({"csr": csr, "ttl": "600", **names}))
+        return request(
+            client,
+            f"{url}/v1/pki_int/sign/renew-{own}",
+            token=token,
+            body=json.dumps({"csr": csr, "ttl": "600", **names}),
+        )
 
     status, answer = sign(common_name=own)
     assert status == 200, answer
-    for names in ({"common_name": CA}, {"common_name": own, "alt_names": CA},
-                  {"common_name": own, "ip_sans": "10.99.99.99"}, {"common_name": "*.molecule.test"}):
+    for names in (
+        {"common_name": CA},
+        {"common_name": own, "alt_names": CA},
+        {"common_name": own, "ip_sans": "10.99.99.99"},
+        {"common_name": "*.molecule.test"},
+    ):
         status, answer = sign(**names)
         assert status == 400 and "not allowed" in json.dumps(answer), (names, answer)
 

@@ -40,8 +40,8 @@ def test_certificate_chains_to_the_ca_and_matches_the_key(host):
 def test_certificate_names_and_lifetime(host):
     text = host.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -ext subjectAltName -dates")
     assert "DNS:sl-molecule-pki" in text and "DNS:pki.molecule.test" in text
-    start = host.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)\" +%s")
-    end = host.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    start = host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -startdate | cut -d= -f2)" +%s')
+    end = host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
     # 24 h, plus the 5 minutes of clock skew allowed before now.
     assert int(end) - int(start) == 86400 + 300
 
@@ -59,10 +59,12 @@ def test_local_fact_tells_consumers_where_everything_is(host):
 
 def test_expiry_metrics_for_node_exporter(host):
     metrics = host.file("/var/lib/prometheus/node-exporter/sevenleague_pki.prom").content_string
-    end = host.check_output(f"date -d \"$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)\" +%s")
+    end = host.check_output(f'date -d "$(openssl x509 -in {CURRENT}/cert.pem -noout -enddate | cut -d= -f2)" +%s')
     assert "# TYPE sevenleague_certificate_not_after_seconds gauge" in metrics
-    assert any(line.startswith("sevenleague_certificate_not_after_seconds{") and line.endswith(f" {end}")
-               for line in metrics.splitlines())
+    assert any(
+        line.startswith("sevenleague_certificate_not_after_seconds{") and line.endswith(f" {end}")
+        for line in metrics.splitlines()
+    )
 
 
 def test_the_controller_never_holds_the_hosts_private_key(host):
@@ -75,8 +77,9 @@ def test_the_controller_never_holds_the_hosts_private_key(host):
             if path.is_file() and path.stat().st_size < 10_000_000:
                 text = "".join(path.read_text(errors="ignore").split())
                 assert key_body not in text, f"the host's private key is in {path}"
-    ca_keys = sorted(p.name for p in (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory" / ".pki")
-                     .glob("*.key"))
+    ca_keys = sorted(
+        p.name for p in (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory" / ".pki").glob("*.key")
+    )
     assert ca_keys == ["intermediate.key", "root.key"]
 
 

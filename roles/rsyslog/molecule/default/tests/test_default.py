@@ -53,8 +53,10 @@ def test_a_clients_line_arrives_under_its_inventory_name(aggregator, client):
     token = uuid.uuid4().hex
     client.check_output(f"logger -t sltest 'hello {token}'")
     path = f"{LOG_DIR}/{CLIENT}/sltest.log"
-    line = wait_for(lambda: next((x for x in file_text(aggregator, path).splitlines() if token in x), None),
-                    what=f"the line in {path}")
+    line = wait_for(
+        lambda: next((x for x in file_text(aggregator, path).splitlines() if token in x), None),
+        what=f"the line in {path}",
+    )
     # Filed and labelled by the inventory name, not the name the client gives itself.
     assert line.split()[1] == CLIENT and re.search(rf"sltest\[\d+\]: hello {token}$", line), line
     assert not aggregator.file(f"{LOG_DIR}/client.molecule.test").exists
@@ -65,8 +67,10 @@ def test_a_clients_line_arrives_under_its_inventory_name(aggregator, client):
 def test_the_aggregator_files_its_own_lines_and_forwards_to_no_one(aggregator):
     token = uuid.uuid4().hex
     aggregator.check_output(f"logger -t sltest-self 'own {token}'")
-    wait_for(lambda: token in file_text(aggregator, f"{LOG_DIR}/{AGGREGATOR}/sltest-self.log"),
-             what="the aggregator's own line")
+    wait_for(
+        lambda: token in file_text(aggregator, f"{LOG_DIR}/{AGGREGATOR}/sltest-self.log"),
+        what="the aggregator's own line",
+    )
     assert "omrelp" not in aggregator.file("/etc/rsyslog.d/sevenleague.conf").content_string
 
 
@@ -74,8 +78,14 @@ def test_program_names_cannot_leave_the_hosts_directory(aggregator, client):
     token = uuid.uuid4().hex
     client.check_output(f"logger -t '../../etc/evil' 'escape {token}'")
     client.check_output(f"logger -t '.hidden' 'dot {token}'")
-    files = wait_for(lambda: (found := aggregator.run(f"grep -rl {token} /var/log /etc").stdout.split())
-                     and len(found) == 2 and sorted(found), what="both lines")
+    files = wait_for(
+        lambda: (
+            (found := aggregator.run(f"grep -rl {token} /var/log /etc").stdout.split())
+            and len(found) == 2
+            and sorted(found)
+        ),
+        what="both lines",
+    )
     assert all(f.startswith(f"{LOG_DIR}/{CLIENT}/") for f in files), files
     assert not any(f.rsplit("/", 1)[1].startswith(".") for f in files), files
 
@@ -84,7 +94,9 @@ def test_the_lookup_table_maps_each_address_to_its_inventory_name(aggregator, cl
     table = json.loads(aggregator.file("/etc/sevenleague/rsyslog/hosts.json").content_string)
     assert table["nomatch"] == "" and table["type"] == "string"
     assert {row["index"]: row["value"] for row in table["table"]} == {
-        address(client): CLIENT, address(aggregator): AGGREGATOR}
+        address(client): CLIENT,
+        address(aggregator): AGGREGATOR,
+    }
 
 
 def suspensions(client):
@@ -102,13 +114,17 @@ def test_nothing_is_lost_across_an_outage_and_a_client_restart(aggregator, clien
     aggregator.check_output("systemctl stop syslog.socket rsyslog.service")
     try:
         before = suspensions(client)
-        wait_for(lambda: client.run("logger -t sl-probe probe").rc == 0 and suspensions(client) > before,
-                 what="the forwarding action suspended")
-        client.check_output(f"for i in $(seq 1 200); do logger -t {tag} \"n=$i\"; done")
+        wait_for(
+            lambda: client.run("logger -t sl-probe probe").rc == 0 and suspensions(client) > before,
+            what="the forwarding action suspended",
+        )
+        client.check_output(f'for i in $(seq 1 200); do logger -t {tag} "n=$i"; done')
         # Debian's rules come after the forwarding action: once the last line is in the local
         # syslog, every line is in the forwarding queue.
-        wait_for(lambda: re.search(rf"{tag}\[\d+\]: n=200$", file_text(client, "/var/log/syslog"), re.M),
-                 what="the lines queued")
+        wait_for(
+            lambda: re.search(rf"{tag}\[\d+\]: n=200$", file_text(client, "/var/log/syslog"), re.M),
+            what="the lines queued",
+        )
         pid = main_pid(client)
         client.check_output("systemctl restart rsyslog.service")
         assert main_pid(client) != pid
@@ -119,6 +135,7 @@ def test_nothing_is_lost_across_an_outage_and_a_client_restart(aggregator, clien
     def complete():
         got = [int(n) for n in re.findall(r"\bn=(\d+)\b", file_text(aggregator, path))]
         return set(got) >= set(range(1, 201)) and got
+
     got = wait_for(complete, timeout=90, what="all 200 lines after the outage")
     # RELP may resend what was in flight when the session broke: at most a window's worth.
     assert len(got) - 200 <= 128
@@ -133,14 +150,20 @@ def test_a_relp_action_disabled_by_a_failed_authentication_is_enabled_again(aggr
         f"cp -p {release}/fullchain.pem {release}/key.pem /run/ && "
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
         f"-subj /CN={AGGREGATOR} -addext subjectAltName=DNS:{AGGREGATOR} "
-        f"-keyout {release}/key.pem -out {release}/fullchain.pem 2>/dev/null && systemctl restart rsyslog")
+        f"-keyout {release}/key.pem -out {release}/fullchain.pem 2>/dev/null && systemctl restart rsyslog"
+    )
     pid = main_pid(client)
     try:
-        wait_for(lambda: client.run(f"logger -t sl-trap probe; test -e {MARKER}").rc == 0,
-                 timeout=60, what="the action disabled and marked")
+        wait_for(
+            lambda: client.run(f"logger -t sl-trap probe; test -e {MARKER}").rc == 0,
+            timeout=60,
+            what="the action disabled and marked",
+        )
     finally:
-        aggregator.check_output(f"cp -p /run/fullchain.pem /run/key.pem {release}/ && "
-                                "rm /run/fullchain.pem /run/key.pem && systemctl restart rsyslog")
+        aggregator.check_output(
+            f"cp -p /run/fullchain.pem /run/key.pem {release}/ && "
+            "rm /run/fullchain.pem /run/key.pem && systemctl restart rsyslog"
+        )
     wait_for(lambda: main_pid(client) != pid, timeout=40, what="the client's rsyslog restarted")
     # A restart before the aggregator had its certificate back is disabled again, and restarted
     # again: log until a line gets through.
@@ -151,6 +174,7 @@ def test_a_relp_action_disabled_by_a_failed_authentication_is_enabled_again(aggr
         client.check_output(f"logger -t sl-trap 'enabled again {tokens[-1]}'")
         text = file_text(aggregator, f"{LOG_DIR}/{CLIENT}/sl-trap.log")
         return any(token in text for token in tokens)
+
     wait_for(delivered, timeout=60, what="a line delivered after the restart")
     wait_for(lambda: not client.file(MARKER).exists, what="the marker cleared")
 
@@ -159,33 +183,44 @@ def _relp_probe(host, target, options=""):
     """What the RELP listener answers a RELP `open` over TLS from `host`."""
     data = "relp_version=0\nrelp_software=probe\ncommands=syslog"
     offer = f"1 open {len(data)} {data}\n"
-    return host.run(f"(printf '%s' {shlex.quote(offer)}; sleep 2) | timeout 8 openssl s_client -quiet "
-                    f"-connect {target}:2514 -CAfile {CURRENT}/ca.pem {options}").stdout
+    return host.run(
+        f"(printf '%s' {shlex.quote(offer)}; sleep 2) | timeout 8 openssl s_client -quiet "
+        f"-connect {target}:2514 -CAfile {CURRENT}/ca.pem {options}"
+    ).stdout
 
 
-@pytest.mark.parametrize(("options", "speaks"), [
-    ("-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", True),
-    ("-tls1_3", True),
-    # The client side allows the old protocol and suites (SECLEVEL=0): only the listener refuses them.
-    ("-tls1_1 -cipher DEFAULT@SECLEVEL=0", False),
-    ("-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA@SECLEVEL=0", False),
-])
+@pytest.mark.parametrize(
+    ("options", "speaks"),
+    [
+        ("-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        ("-tls1_3", True),
+        # The client side allows the old protocol and suites (SECLEVEL=0): only the listener refuses them.
+        ("-tls1_1 -cipher DEFAULT@SECLEVEL=0", False),
+        ("-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA@SECLEVEL=0", False),
+    ],
+)
 def test_the_relp_listener_speaks_only_tls_12_and_13_with_aead_suites(aggregator, client, options, speaks):
-    answer = _relp_probe(client, address(aggregator), f"-cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem "
-                                                      f"-key {CURRENT}/key.pem {options}")
+    answer = _relp_probe(
+        client,
+        address(aggregator),
+        f"-cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem -key {CURRENT}/key.pem {options}",
+    )
     assert ("200 OK" in answer) is speaks, answer
 
 
 def test_the_relp_listener_serves_only_the_fleets_certificates(aggregator, client):
     target = address(aggregator)
     # s_client sends only the first certificate of -cert: the chain goes with -cert_chain.
-    accepted = _relp_probe(client, target, f"-cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem "
-                                           f"-key {CURRENT}/key.pem")
+    accepted = _relp_probe(
+        client, target, f"-cert {CURRENT}/cert.pem -cert_chain {CURRENT}/chain.pem -key {CURRENT}/key.pem"
+    )
     assert "1 rsp" in accepted and "200 OK" in accepted, accepted
     assert "rsp" not in _relp_probe(client, target)
-    client.check_output("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
-                        f"-subj /CN={CLIENT} -addext subjectAltName=DNS:{CLIENT} "
-                        "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null")
+    client.check_output(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+        f"-subj /CN={CLIENT} -addext subjectAltName=DNS:{CLIENT} "
+        "-keyout /run/sl-other-ca.key -out /run/sl-other-ca.pem 2>/dev/null"
+    )
     try:
         other_ca = _relp_probe(client, target, "-cert /run/sl-other-ca.pem -key /run/sl-other-ca.key")
     finally:
@@ -195,12 +230,16 @@ def test_the_relp_listener_serves_only_the_fleets_certificates(aggregator, clien
 
 def test_the_statistics_reach_the_textfile(client):
     action = f'sevenleague_rsyslog_action_processed_total{{action="forward-{AGGREGATOR}"}}'
-    text = wait_for(lambda: (t := file_text(client, PROM)) and action in t and t, timeout=20,
-                    what=f"{action} in {PROM}")
+    text = wait_for(
+        lambda: (t := file_text(client, PROM)) and action in t and t, timeout=20, what=f"{action} in {PROM}"
+    )
     assert f'sevenleague_rsyslog_queue_size{{queue="forward-{AGGREGATOR}"}}' in text
     assert 'sevenleague_rsyslog_input_submitted_total{input="imjournal"}' in text
-    stamp = next(float(line.split()[1]) for line in text.splitlines()
-                 if line.startswith("sevenleague_rsyslog_stats_timestamp_seconds "))
+    stamp = next(
+        float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("sevenleague_rsyslog_stats_timestamp_seconds ")
+    )
     assert abs(stamp - float(client.check_output("date +%s"))) < 60
     prom = client.file(PROM)
     assert prom.user == "root" and prom.mode == 0o644

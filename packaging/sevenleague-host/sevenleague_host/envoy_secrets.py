@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Hand the host's certificate to Envoy, and check that Envoy serves it.
 
     sevenleague-envoy-secrets [--pki-dir DIR] [--sds-dir DIR] [--group NAME]
@@ -27,16 +26,18 @@ Python 3 standard library only.
 from __future__ import annotations
 
 import argparse
-import base64
 import grp
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from cryptography import x509
+
+from ansible_collections.sevenleague.platform.plugins.module_utils.fileio import replace_file
 
 PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -48,33 +49,16 @@ class Failure(Exception):
 
 # --- certificates --------------------------------------------------------------------------
 
-def _der_item(data: bytes, offset: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER item at offset."""
-    tag = data[offset]
-    length = data[offset + 1]
-    offset += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[offset:offset + count], "big")
-        offset += count
-    return tag, offset, offset + length
-
 
 def serial_of(pem: str) -> str:
     """Serial number of the first certificate in a PEM text, lowercase hex in whole bytes (as Envoy's /certs)."""
     match = PEM_CERT.search(pem)
     if not match:
         raise Failure("no PEM certificate found")
-    der = base64.b64decode("".join(match.group(1).split()))
-    # Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber INTEGER, ...
-    _, start, _ = _der_item(der, 0)
-    _, start, _ = _der_item(der, start)
-    tag, content, end = _der_item(der, start)
-    if tag == 0xA0:
-        tag, content, end = _der_item(der, end)
-    if tag != 0x02:
-        raise Failure("the certificate has no serial number where DER puts it")
-    value = int.from_bytes(der[content:end], "big")
+    try:
+        value = x509.load_pem_x509_certificate(match.group(0).encode()).serial_number
+    except ValueError as exc:
+        raise Failure(f"the certificate cannot be read: {exc}") from None
     text = format(value, "x")
     return text if len(text) % 2 == 0 else "0" + text
 
@@ -103,19 +87,28 @@ def read_identity(pki_dir: str) -> dict:
 
 def documents(identity: dict) -> dict[str, str]:
     """file name -> content of the SDS files, in the order they are written: trust first, then identity."""
+
     def response(secret: dict) -> str:
         return json.dumps({"resources": [{"@type": SECRET_TYPE, **secret}]}, indent=1, sort_keys=True) + "\n"
 
     return {
-        "ca.yaml": response({"name": "ca", "validation_context": {
-            "trusted_ca": {"inline_string": identity["ca.pem"]}}}),
-        "host.yaml": response({"name": "host", "tls_certificate": {
-            "certificate_chain": {"inline_string": identity["fullchain.pem"]},
-            "private_key": {"inline_string": identity["key.pem"]}}}),
+        "ca.yaml": response(
+            {"name": "ca", "validation_context": {"trusted_ca": {"inline_string": identity["ca.pem"]}}}
+        ),
+        "host.yaml": response(
+            {
+                "name": "host",
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": identity["fullchain.pem"]},
+                    "private_key": {"inline_string": identity["key.pem"]},
+                },
+            }
+        ),
     }
 
 
 # --- files ---------------------------------------------------------------------------------
+
 
 def _current(path: str) -> tuple[str | None, tuple[int, int, int] | None]:
     try:
@@ -125,30 +118,6 @@ def _current(path: str) -> tuple[str | None, tuple[int, int, int] | None]:
     except (OSError, UnicodeDecodeError):
         return None, None
     return text, (info.st_mode & 0o7777, info.st_uid, info.st_gid)
-
-
-def write_atomically(directory: str, name: str, content: str, gid: int) -> None:
-    """A temporary file beside the target (a dot name, which Envoy ignores), made complete, then renamed over it."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o640)
-            os.fchown(handle.fileno(), 0 if os.geteuid() == 0 else -1, gid)
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(temporary, os.path.join(directory, name))
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def install(sds_dir: str, docs: dict[str, str], group: str, check: bool) -> list[str]:
@@ -171,11 +140,13 @@ def install(sds_dir: str, docs: dict[str, str], group: str, check: bool) -> list
             continue
         changed.append(name)
         if not check:
-            write_atomically(sds_dir, name, content, gid)
+            # A dot name while it is written, which Envoy's watch ignores; then one rename.
+            replace_file(os.path.join(sds_dir, name), content.encode(), 0o640, gid=gid)
     return changed
 
 
 # --- Envoy ---------------------------------------------------------------------------------
+
 
 def served_serials(admin_port: int) -> list[str] | None:
     """Serials of every certificate chain Envoy serves, or None when its admin interface does not answer."""
@@ -212,14 +183,17 @@ def wait_for_serial(admin_port: int, serial: str, timeout: float, interval: floa
             break
         time.sleep(interval)
     old = sorted({s for s in seen if s != want}) if seen else []
-    raise Failure(f"after {timeout:g} s Envoy still serves {', '.join(old) or 'no certificate'} instead of {serial}: "
-                  "it did not reload the SDS files (envoy issue 39498). `systemctl restart envoy` makes it read "
-                  "them; `journalctl -u envoy` may say why")
+    raise Failure(
+        f"after {timeout:g} s Envoy still serves {', '.join(old) or 'no certificate'} instead of {serial}: "
+        "it did not reload the SDS files (envoy issue 39498). `systemctl restart envoy` makes it read "
+        "them; `journalctl -u envoy` may say why"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pki-dir", default=os.environ.get("SEVENLEAGUE_PKI_DIR", "/etc/sevenleague/pki/current"))
     parser.add_argument("--sds-dir", default="/etc/envoy/sds")
     parser.add_argument("--group", default="envoy")

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Turn rsyslog's impstats JSON lines into a node_exporter textfile.
 
 rsyslog's omprog starts this program and writes one impstats record per line to its stdin
@@ -16,6 +15,7 @@ number of series is fixed by the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -29,30 +29,45 @@ QUIET = 0.5
 
 # (metric, impstats fields summed, type, help) per kind of record.
 INPUT_METRICS = [
-    ("sevenleague_rsyslog_input_submitted_total", ("submitted",), "counter",
-     "Messages the input has submitted to rsyslog."),
+    (
+        "sevenleague_rsyslog_input_submitted_total",
+        ("submitted",),
+        "counter",
+        "Messages the input has submitted to rsyslog.",
+    ),
 ]
 ACTION_METRICS = [
-    ("sevenleague_rsyslog_action_processed_total", ("processed",), "counter",
-     "Messages the action has processed."),
-    ("sevenleague_rsyslog_action_failed_total", ("failed",), "counter",
-     "Messages the action failed to process."),
-    ("sevenleague_rsyslog_action_suspended_total", ("suspended",), "counter",
-     "Times the action was suspended."),
-    ("sevenleague_rsyslog_action_suspended_seconds_total", ("suspended.duration",), "counter",
-     "Seconds the action spent suspended."),
-    ("sevenleague_rsyslog_action_resumed_total", ("resumed",), "counter",
-     "Times the action resumed after a suspension."),
+    ("sevenleague_rsyslog_action_processed_total", ("processed",), "counter", "Messages the action has processed."),
+    ("sevenleague_rsyslog_action_failed_total", ("failed",), "counter", "Messages the action failed to process."),
+    ("sevenleague_rsyslog_action_suspended_total", ("suspended",), "counter", "Times the action was suspended."),
+    (
+        "sevenleague_rsyslog_action_suspended_seconds_total",
+        ("suspended.duration",),
+        "counter",
+        "Seconds the action spent suspended.",
+    ),
+    (
+        "sevenleague_rsyslog_action_resumed_total",
+        ("resumed",),
+        "counter",
+        "Times the action resumed after a suspension.",
+    ),
 ]
 QUEUE_METRICS = [
-    ("sevenleague_rsyslog_queue_size", ("size",), "gauge",
-     "Messages in the queue now."),
-    ("sevenleague_rsyslog_queue_max_size", ("maxqsize",), "gauge",
-     "Most messages the queue has held at once (high-water mark)."),
-    ("sevenleague_rsyslog_queue_full_total", ("full",), "counter",
-     "Times the queue was full."),
-    ("sevenleague_rsyslog_queue_discarded_total", ("discarded.full", "discarded.nf"), "counter",
-     "Messages the queue discarded, because it was full or nearly full."),
+    ("sevenleague_rsyslog_queue_size", ("size",), "gauge", "Messages in the queue now."),
+    (
+        "sevenleague_rsyslog_queue_max_size",
+        ("maxqsize",),
+        "gauge",
+        "Most messages the queue has held at once (high-water mark).",
+    ),
+    ("sevenleague_rsyslog_queue_full_total", ("full",), "counter", "Times the queue was full."),
+    (
+        "sevenleague_rsyslog_queue_discarded_total",
+        ("discarded.full", "discarded.nf"),
+        "counter",
+        "Messages the queue discarded, because it was full or nearly full.",
+    ),
 ]
 TIMESTAMP = "sevenleague_rsyslog_stats_timestamp_seconds"
 
@@ -118,8 +133,11 @@ class Stats:
 
     def render(self, now: float) -> str:
         out = []
-        for kind, label, metrics in (("input", "input", INPUT_METRICS), ("action", "action", ACTION_METRICS),
-                                     ("queue", "queue", QUEUE_METRICS)):
+        for kind, label, metrics in (
+            ("input", "input", INPUT_METRICS),
+            ("action", "action", ACTION_METRICS),
+            ("queue", "queue", QUEUE_METRICS),
+        ):
             names = sorted(name for k, name in self.values if k == kind)
             for metric, fields, kind_type, text in metrics:
                 out.append(f"# HELP {metric} {text}")
@@ -152,10 +170,8 @@ def write_atomic(path: str, text: str) -> None:
             os.fchmod(handle.fileno(), 0o644)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

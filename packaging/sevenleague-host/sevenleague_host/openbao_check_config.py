@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Check an OpenBao configuration before it replaces the running one.
 
 `bao operator diagnose` parses the file, loads the TLS certificate and key, opens the storage and
@@ -6,7 +5,7 @@ the listeners. The running server holds the Raft database and the ports, so the 
 copy whose storage is an empty temporary directory and whose listeners bind to port 0; everything
 else is the file as written. Exit 0 when diagnose finds no failure (warnings are fine).
 
-    openbao-check-config /etc/openbao/openbao.hcl.tmp
+    sevenleague-openbao-check-config /etc/openbao/openbao.hcl.tmp
 """
 
 import json
@@ -20,7 +19,7 @@ BAO = os.environ.get("BAO_BINARY", "/usr/bin/bao")
 
 def failures(node, path=()):
     """(check path, message) of every failed check in diagnose's JSON tree."""
-    here = path + (node.get("name", "?"),)
+    here = (*path, node.get("name", "?"))
     found = [(" / ".join(here[1:]) or here[0], node.get("message", ""))] if node.get("status") == "fail" else []
     for child in node.get("children") or []:
         found.extend(failures(child, here))
@@ -49,8 +48,12 @@ def main(argv):
         copy = os.path.join(scratch, "openbao.hcl")
         with open(copy, "w", encoding="utf-8") as handle:
             json.dump(config, handle)
-        run = subprocess.run([BAO, "operator", "diagnose", "-format=json", f"-config={copy}"],
-                             capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [BAO, "operator", "diagnose", "-format=json", f"-config={copy}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     # diagnose exits 0 on success, 2 with warnings only, 1 on a failure.
     if run.returncode in (0, 2):
         return 0
@@ -61,8 +64,11 @@ def main(argv):
     # diagnose (2.7) fails any telemetry stanza without Stackdriver settings, which the server
     # itself does not need: that one finding is false unless the file asks for Stackdriver.
     if not any(key.startswith("stackdriver_") for key in config.get("telemetry") or {}):
-        problems = [(where, message) for where, message in problems
-                    if not (where.endswith("Check Telemetry") and "Stackdriver" in message)]
+        problems = [
+            (where, message)
+            for where, message in problems
+            if not (where.endswith("Check Telemetry") and "Stackdriver" in message)
+        ]
         if not problems:
             return 0
     for where, message in problems:

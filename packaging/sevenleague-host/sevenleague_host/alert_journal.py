@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Alertmanager webhook receiver that writes each alert as one line to the journal.
 
     sevenleague-alert-journal ADDRESS PORT
@@ -29,8 +28,10 @@ def lines(payload) -> list[str]:
         status = str(alert.get("status") or payload.get("status") or "firing")
         priority = RESOLVED if status == "resolved" else PRIORITY.get(labels.get("severity"), OTHER)
         detail = {key: alert.get(key) for key in ("labels", "annotations", "startsAt", "endsAt")}
-        out.append(f"<{priority}>{status.upper()} {labels.get('alertname', '-')} "
-                   + json.dumps(detail, sort_keys=True, separators=(",", ":")))
+        out.append(
+            f"<{priority}>{status.upper()} {labels.get('alertname', '-')} "
+            + json.dumps(detail, sort_keys=True, separators=(",", ":"))
+        )
     return out
 
 
@@ -45,10 +46,10 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         self._answer(200, "ok") if self.path == "/-/healthy" else self._answer(404, "not found")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 < length <= MAX_BODY:
             self._answer(413 if length else 411, "a JSON body of at most 1 MiB")
@@ -66,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
             print(line, flush=True)
         self._answer(200, "ok")
 
-    def log_message(self, format, *args):  # noqa: A002
+    def log_message(self, format, *args):
         # No access log: the alerts are the log.
         pass
 

@@ -74,8 +74,14 @@ def quote(path: str) -> str:
 class OpenBao:
     """One OpenBao server: `request` for any call, `read` and `write` for the KV-shaped ones."""
 
-    def __init__(self, url: str, ca_cert: str | None = None, token: str | None = None,
-                 timeout: float = REQUEST_TIMEOUT, validate_certs: bool = True):
+    def __init__(
+        self,
+        url: str,
+        ca_cert: str | None = None,
+        token: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        validate_certs: bool = True,
+    ):
         self.url = url.rstrip("/")
         self.ca_cert = ca_cert
         self.token = token
@@ -94,12 +100,21 @@ class OpenBao:
             try:
                 context.load_cert_chain(certfile, keyfile)
             except (OSError, ssl.SSLError) as exc:
-                raise OpenBaoError(f"cannot use {certfile} and {keyfile} as a client certificate: "
-                                   f"{network_reason(exc)}") from None
+                raise OpenBaoError(
+                    f"cannot use {certfile} and {keyfile} as a client certificate: {network_reason(exc)}"
+                ) from None
         return context
 
-    def request(self, method: str, path: str, *, what: str, body: dict | None = None, token: str | None = None,
-                client_cert: tuple[str, str] | None = None) -> dict:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        body: dict | None = None,
+        token: str | None = None,
+        client_cert: tuple[str, str] | None = None,
+    ) -> dict:
         """OpenBao's JSON answer to `method /v1/<path>` ({} for an empty one)."""
         headers = {"Accept": "application/json"}
         data = None
@@ -116,11 +131,16 @@ class OpenBao:
         except urllib.error.HTTPError as exc:
             errors = errors_of(exc.read() or b"")
             if exc.code == 503 and "sealed" in errors.lower():
-                raise OpenBaoError(f"OpenBao at {self.url} is sealed: {SEALED_HINT}", retry=True, status=503,
-                                   errors=errors) from None
+                raise OpenBaoError(
+                    f"OpenBao at {self.url} is sealed: {SEALED_HINT}", retry=True, status=503, errors=errors
+                ) from None
             if exc.code == 429 or exc.code >= 500:
-                raise OpenBaoError(f"OpenBao at {self.url} answered {exc.code} to {what}: {errors}", retry=True,
-                                   status=exc.code, errors=errors) from None
+                raise OpenBaoError(
+                    f"OpenBao at {self.url} answered {exc.code} to {what}: {errors}",
+                    retry=True,
+                    status=exc.code,
+                    errors=errors,
+                ) from None
             raise Refused(f"OpenBao at {self.url} refused {what} ({exc.code}): {errors}", exc.code, errors) from None
         except urllib.error.URLError as exc:
             reason = network_reason(exc.reason, self.timeout)
@@ -128,15 +148,17 @@ class OpenBao:
                 reason += f" (does {self.ca_cert or 'the system trust store'} hold the CA of OpenBao's listener?)"
             raise OpenBaoError(f"cannot reach OpenBao at {self.url} ({what}): {reason}", retry=True) from None
         except OSError as exc:  # a timeout or reset while reading the answer
-            raise OpenBaoError(f"cannot reach OpenBao at {self.url} ({what}): {network_reason(exc, self.timeout)}",
-                               retry=True) from None
+            raise OpenBaoError(
+                f"cannot reach OpenBao at {self.url} ({what}): {network_reason(exc, self.timeout)}", retry=True
+            ) from None
         if not payload.strip():
             return {}
         try:
             return json.loads(payload)
         except ValueError:
-            raise OpenBaoError(f"OpenBao at {self.url} answered {what} with something that is not JSON",
-                               retry=True) from None
+            raise OpenBaoError(
+                f"OpenBao at {self.url} answered {what} with something that is not JSON", retry=True
+            ) from None
 
     def read(self, path: str) -> tuple[bool, dict]:
         """(exists, data) for `path`. OpenBao answers "nothing here" with 404, and some paths
@@ -168,5 +190,14 @@ class OpenBao:
         return dict(answer)
 
 
-__all__ = ["REQUEST_TIMEOUT", "SEALED_HINT", "OpenBao", "OpenBaoError", "Refused", "errors_of", "network_reason",
-           "one_line", "quote"]
+__all__ = [
+    "REQUEST_TIMEOUT",
+    "SEALED_HINT",
+    "OpenBao",
+    "OpenBaoError",
+    "Refused",
+    "errors_of",
+    "network_reason",
+    "one_line",
+    "quote",
+]

@@ -24,7 +24,7 @@ else:
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 # The renewal policy's constants, for every backend and both renewal paths.
 # Renew when less than a third of the lifetime is left: a 24 h certificate renews after 16 h,
 # so a host has 8 h of retries before anything expires.
@@ -49,6 +49,7 @@ class PKIError(Exception):
 
 
 # --- loading, and cryptography versions -------------------------------------------------------
+
 
 def load_certificate(pem: bytes | str, what: str = "certificate") -> x509.Certificate:
     """The first certificate of a PEM blob (a full chain is accepted: the leaf comes first)."""
@@ -86,8 +87,7 @@ def is_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
         elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                       cert.signature_hash_algorithm)
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
         elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
             key.verify(cert.signature, cert.tbs_certificate_bytes)
         else:
@@ -119,6 +119,7 @@ def _parse_iso(text: str) -> datetime.datetime:
 
 
 # --- SANs -------------------------------------------------------------------------------------
+
 
 def normalize_san(value: str) -> str:
     """IPs in `ipaddress` canonical form, DNS names lowercased without a trailing dot."""
@@ -185,8 +186,13 @@ def _in_domain(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
 
-def check_sans_allowed(sans: list[str], allowed_domains: list[str], allow_ip: bool,
-                       allowed_networks: list[str] | None = None, allow_wildcard: bool = False) -> list[str]:
+def check_sans_allowed(
+    sans: list[str],
+    allowed_domains: list[str],
+    allow_ip: bool,
+    allowed_networks: list[str] | None = None,
+    allow_wildcard: bool = False,
+) -> list[str]:
     """Problems with `sans` under the CA's naming policy; empty when every SAN is allowed.
 
     A DNS name must equal an allowed domain or lie below one (RFC 5280 dNSName subtree semantics,
@@ -208,8 +214,9 @@ def check_sans_allowed(sans: list[str], allowed_domains: list[str], allow_ip: bo
             if not allow_ip:
                 problems.append(f"IP SAN {value} is not allowed (this CA issues IP SANs only for allowed_networks)")
             elif networks and not any(address in net for net in networks):
-                problems.append(f"IP SAN {value} is outside the allowed networks "
-                                f"({', '.join(str(net) for net in networks)})")
+                problems.append(
+                    f"IP SAN {value} is outside the allowed networks ({', '.join(str(net) for net in networks)})"
+                )
             continue
         problem = _dns_name_problem(value)
         if problem:
@@ -228,6 +235,7 @@ def check_sans_allowed(sans: list[str], allowed_domains: list[str], allow_ip: bo
 
 # --- lifetime and renewal ---------------------------------------------------------------------
 
+
 def renew_after(cert: x509.Certificate, renew_fraction: float = DEFAULT_RENEW_FRACTION) -> datetime.datetime:
     """The moment from which less than `renew_fraction` of the lifetime remains."""
     _check_fraction(renew_fraction)
@@ -237,13 +245,16 @@ def renew_after(cert: x509.Certificate, renew_fraction: float = DEFAULT_RENEW_FR
 
 def clock_behind(start: datetime.datetime, now: datetime.datetime) -> str:
     """What to say about a certificate that starts further in this host's future than the tolerance."""
-    return (f"not valid before {iso(start)}: this host's clock is {int((start - now).total_seconds())} s behind "
-            f"its CA's, more than the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew tolerance; "
-            f"a new certificate would start as late: fix the host's time sync (chronyc tracking)")
+    return (
+        f"not valid before {iso(start)}: this host's clock is {int((start - now).total_seconds())} s behind "
+        f"its CA's, more than the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew tolerance; "
+        f"a new certificate would start as late: fix the host's time sync (chronyc tracking)"
+    )
 
 
-def lifetime_decision(cert: x509.Certificate, now: datetime.datetime,
-                      renew_fraction: float = DEFAULT_RENEW_FRACTION) -> tuple[bool, str]:
+def lifetime_decision(
+    cert: x509.Certificate, now: datetime.datetime, renew_fraction: float = DEFAULT_RENEW_FRACTION
+) -> tuple[bool, str]:
     """(renew?, reason) from the validity period alone."""
     _check_fraction(renew_fraction)
     now = _require_aware(now)
@@ -254,13 +265,14 @@ def lifetime_decision(cert: x509.Certificate, now: datetime.datetime,
         return True, clock_behind(start, now)
     if now < start:
         # Issued moments ago by a CA whose clock runs a little ahead of this one: fresh.
-        return False, (f"valid: starts at {iso(start)}, {int((start - now).total_seconds())} s ahead of this "
-                       f"host's clock (within the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew "
-                       f"tolerance); renews after {iso(renew_after(cert, renew_fraction))}")
+        return False, (
+            f"valid: starts at {iso(start)}, {int((start - now).total_seconds())} s ahead of this "
+            f"host's clock (within the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s clock-skew "
+            f"tolerance); renews after {iso(renew_after(cert, renew_fraction))}"
+        )
     left = (end - now) / (end - start)
     if left < renew_fraction:
-        return True, (f"{int(left * 100)}% of the lifetime left "
-                      f"(renew below {round(renew_fraction * 100)}%)")
+        return True, (f"{int(left * 100)}% of the lifetime left (renew below {round(renew_fraction * 100)}%)")
     return False, f"valid: renews after {iso(renew_after(cert, renew_fraction))}"
 
 
@@ -275,8 +287,9 @@ def _key_id(cert: x509.Certificate, ext_class) -> bytes | None:
 def issuer_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
     """Why `issuer` did not issue `cert`, or None when it did."""
     if cert.issuer != issuer.subject:
-        return (f"issuer changed: issued by {cert.issuer.rfc4514_string()}, "
-                f"the CA is now {issuer.subject.rfc4514_string()}")
+        return (
+            f"issuer changed: issued by {cert.issuer.rfc4514_string()}, the CA is now {issuer.subject.rfc4514_string()}"
+        )
     # Same name, new key (an intermediate rollover keeps its subject): the key ids tell them apart.
     aki, ski = _key_id(cert, x509.AuthorityKeyIdentifier), _key_id(issuer, x509.SubjectKeyIdentifier)
     if aki is not None and ski is not None and aki != ski:
@@ -286,9 +299,14 @@ def issuer_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | No
     return None
 
 
-def renewal_decision(cert_pem: bytes | str | None, *, now: datetime.datetime, wanted_sans: list[str],
-                     issuer_cert_pem: bytes | str | None,
-                     renew_fraction: float = DEFAULT_RENEW_FRACTION) -> tuple[bool, str]:
+def renewal_decision(
+    cert_pem: bytes | str | None,
+    *,
+    now: datetime.datetime,
+    wanted_sans: list[str],
+    issuer_cert_pem: bytes | str | None,
+    renew_fraction: float = DEFAULT_RENEW_FRACTION,
+) -> tuple[bool, str]:
     """(renew?, reason) for a host's current certificate; the one renewal policy of every backend.
 
     Renew when there is no usable certificate, when it expired or less than `renew_fraction` of its
@@ -321,8 +339,8 @@ def renewal_decision(cert_pem: bytes | str | None, *, now: datetime.datetime, wa
     return renew, reason
 
 
-
 # --- checks on an issued certificate ----------------------------------------------------------
+
 
 def split_pem(pem: bytes | str) -> list[bytes]:
     """Each certificate of a PEM bundle, in order (cryptography 38 has no load_pem_x509_certificates)."""
@@ -339,8 +357,9 @@ def _spki(key) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def chain_problem(cert: x509.Certificate, intermediates: list[x509.Certificate],
-                  anchors: list[x509.Certificate]) -> str | None:
+def chain_problem(
+    cert: x509.Certificate, intermediates: list[x509.Certificate], anchors: list[x509.Certificate]
+) -> str | None:
     """Why `cert` does not chain through `intermediates` to one of `anchors`; None when it does.
 
     Signatures only: name constraints and dates are what peers check with their own libraries,
@@ -355,14 +374,23 @@ def chain_problem(cert: x509.Certificate, intermediates: list[x509.Certificate],
             break
         unused.remove(parent)
         current = parent
-    return (f"the trust bundle lacks the root of the new issuer: the chain ends at "
-            f"{current.subject.rfc4514_string()}, issued by {current.issuer.rfc4514_string()}, which the bundle "
-            f"does not hold; run site.yml (or the rotate-ca playbook) so hosts trust the new root first")
+    return (
+        f"the trust bundle lacks the root of the new issuer: the chain ends at "
+        f"{current.subject.rfc4514_string()}, issued by {current.issuer.rfc4514_string()}, which the bundle "
+        f"does not hold; run site.yml (or the rotate-ca playbook) so hosts trust the new root first"
+    )
 
 
-def check_issued(cert_pem: bytes | str, *, public_key, wanted_sans: list[str], chain_pem: bytes | str = b"",
-                 trust_pem: bytes | str | None = None, ttl: int | None = None,
-                 asked_at: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+def check_issued(
+    cert_pem: bytes | str,
+    *,
+    public_key,
+    wanted_sans: list[str],
+    chain_pem: bytes | str = b"",
+    trust_pem: bytes | str | None = None,
+    ttl: int | None = None,
+    asked_at: datetime.datetime | None = None,
+) -> tuple[bytes, bytes]:
     """(cert.pem, chain.pem) once an issued certificate is exactly what was asked for; else PKIError.
 
     The one check every issuance passes, whichever CA signed and whoever asked: the certificate is
@@ -381,20 +409,26 @@ def check_issued(cert_pem: bytes | str, *, public_key, wanted_sans: list[str], c
         raise PKIError(f"the certificate is for another key than the one the host generated: {refuse}")
     have, want = sans_of(cert), sorted({normalize_san(name) for name in wanted_sans})
     if have != want:
-        raise PKIError(f"certificate {serial} is for {', '.join(have) or 'no names'} instead of {', '.join(want)}: "
-                       f"{refuse}; check the CA role's names (use_csr_sans, allowed names)")
+        raise PKIError(
+            f"certificate {serial} is for {', '.join(have) or 'no names'} instead of {', '.join(want)}: "
+            f"{refuse}; check the CA role's names (use_csr_sans, allowed names)"
+        )
     now = datetime.datetime.now(UTC)
     if not_before(cert) > now + CLOCK_SKEW_TOLERANCE:
         raise PKIError(f"certificate {serial} is {clock_behind(not_before(cert), now)}: {refuse}")
     if not_after(cert) <= now:
-        raise PKIError(f"certificate {serial} is not valid now (valid {iso(not_before(cert))} to "
-                       f"{iso(not_after(cert))}; is a clock wrong?): {refuse}")
+        raise PKIError(
+            f"certificate {serial} is not valid now (valid {iso(not_before(cert))} to "
+            f"{iso(not_after(cert))}; is a clock wrong?): {refuse}"
+        )
     if ttl and asked_at is not None:
         asked_end = _require_aware(asked_at) + datetime.timedelta(seconds=ttl)
         if not_after(cert) < asked_end - TTL_TOLERANCE:
-            raise PKIError(f"the CA shortened certificate {serial}: it ends at {iso(not_after(cert))}, earlier than "
-                           f"ttl {ttl} s asks ({iso(asked_end)}); the CA role's max_ttl or the issuer's own expiry "
-                           f"is shorter: {refuse}; lower the ttl or raise that maximum")
+            raise PKIError(
+                f"the CA shortened certificate {serial}: it ends at {iso(not_after(cert))}, earlier than "
+                f"ttl {ttl} s asks ({iso(asked_end)}); the CA role's max_ttl or the issuer's own expiry "
+                f"is shorter: {refuse}; lower the ttl or raise that maximum"
+            )
     intermediates, chain_out = [], b""
     for block in split_pem(chain_pem):
         ca = load_certificate(block, "CA chain")
@@ -414,6 +448,7 @@ def check_issued(cert_pem: bytes | str, *, public_key, wanted_sans: list[str], c
 
 
 # --- facts and metrics ------------------------------------------------------------------------
+
 
 def serial_hex(serial: int) -> str:
     """Lowercase hex in whole bytes, as `openssl x509 -serial` prints it (without the case)."""
@@ -461,7 +496,7 @@ def textfile_metrics(infos: list[tuple[str, dict]], now: datetime.datetime | Non
     renewal. Sorted output, and a clock value that stays 0 within the tolerance, keep the file
     byte-identical between runs, so writing it changes nothing while the certificates stay the same.
     """
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     rows = sorted((str(name), info) for name, info in infos)
     lines = []
     for field, help_text in _METRICS:
@@ -471,36 +506,43 @@ def textfile_metrics(infos: list[tuple[str, dict]], now: datetime.datetime | Non
         for name, info in rows:
             epoch = int(_parse_iso(info[field]).timestamp())
             lines.append(f'{metric}{{name="{_label_value(name)}"}} {epoch}')
-    lines.append(f"# HELP {_CLOCK_METRIC} Seconds this host's clock is behind its CA's, as the certificate's "
-                 f"start shows, when beyond the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s tolerance; else 0.")
+    lines.append(
+        f"# HELP {_CLOCK_METRIC} Seconds this host's clock is behind its CA's, as the certificate's "
+        f"start shows, when beyond the {int(CLOCK_SKEW_TOLERANCE.total_seconds())} s tolerance; else 0."
+    )
     lines.append(f"# TYPE {_CLOCK_METRIC} gauge")
     for name, info in rows:
         lines.append(f'{_CLOCK_METRIC}{{name="{_label_value(name)}"}} {clock_behind_seconds(info, now)}')
     return "\n".join(lines) + "\n"
 
 
-# --- the controller's modules ----------------------------------------------------------------
-
-def run_ansible_module(argument_spec: dict, run, *, required_if=None, warning_prefix: str = "") -> None:
-    """main() of the PKI modules: check the inputs, run(params, check_mode), report. A PKIError
-    becomes a failure with its message; run()'s `warnings` become Ansible warnings."""
-    from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # only within Ansible
-
-    module = AnsibleModule(argument_spec=argument_spec, required_if=required_if or [], supports_check_mode=True)
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
-    try:
-        result = run(module.params, module.check_mode)
-    except PKIError as exc:
-        module.fail_json(msg=str(exc))
-    for warning in result.pop("warnings", []):
-        module.warn(f"{warning_prefix}{warning}")
-    module.exit_json(**result)
-
-
 __all__ = [
-    "CLOCK_SKEW_TOLERANCE", "CRYPTOGRAPHY_IMPORT_ERROR", "DEFAULT_RENEW_FRACTION", "HAS_CRYPTOGRAPHY", "PKIError", "TTL_TOLERANCE",
-    "cert_info", "chain_problem", "check_issued", "check_sans_allowed", "general_name_str", "is_signed_by", "issuer_problem", "iso", "lifetime_decision",
-    "load_certificate", "normalize_san", "not_after", "not_before", "parse_sans", "renew_after",
-    "clock_behind_seconds", "renewal_decision", "run_ansible_module", "sans_of", "serial_hex", "split_pem", "is_self_signed", "textfile_metrics",
+    "CLOCK_SKEW_TOLERANCE",
+    "CRYPTOGRAPHY_IMPORT_ERROR",
+    "DEFAULT_RENEW_FRACTION",
+    "HAS_CRYPTOGRAPHY",
+    "TTL_TOLERANCE",
+    "PKIError",
+    "cert_info",
+    "chain_problem",
+    "check_issued",
+    "check_sans_allowed",
+    "clock_behind_seconds",
+    "general_name_str",
+    "is_self_signed",
+    "is_signed_by",
+    "iso",
+    "issuer_problem",
+    "lifetime_decision",
+    "load_certificate",
+    "normalize_san",
+    "not_after",
+    "not_before",
+    "parse_sans",
+    "renew_after",
+    "renewal_decision",
+    "sans_of",
+    "serial_hex",
+    "split_pem",
+    "textfile_metrics",
 ]

@@ -1,0 +1,1 @@
+"""sevenleague-pki: a host's certificates, installed and renewed on the host (cli.py lists the commands)."""
