@@ -119,7 +119,7 @@ HOST_COMMANDS = {
     "sevenleague-openbao-check-config": ("sevenleague_host.openbao_check_config", "sys.exit(main(sys.argv))"),
 }
 # The collection's shared code the tools import, installed under the same import path.
-HOST_MODULE_UTILS = ("pki", "openbao", "fileio")
+HOST_MODULE_UTILS = ("pki", "pki_certs", "openbao", "fileio")
 
 
 def entry_point(module: str, call: str) -> bytes:

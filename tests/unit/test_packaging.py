@@ -112,7 +112,7 @@ def test_the_host_tools_ship_the_collections_shared_code_and_every_command_runs(
     dist = tmp_path / "usr" / "lib" / "python3" / "dist-packages"
     # One policy, one OpenBao client, one way to write a file: the controller's modules' own, byte for byte.
     shared = Path("ansible_collections/sevenleague/platform/plugins/module_utils")
-    for name in ("pki.py", "openbao.py", "fileio.py"):
+    for name in ("pki.py", "pki_certs.py", "openbao.py", "fileio.py"):
         assert (dist / shared / name).read_bytes() == (ROOT / "collections" / shared / name).read_bytes(), name
     # Each command starts from the package alone (not from the checkout): its imports resolve there.
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(dist), "PYTHONDONTWRITEBYTECODE": "1"}

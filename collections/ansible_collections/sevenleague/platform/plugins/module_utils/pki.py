@@ -1,4 +1,7 @@
-"""Certificate policy shared by every CA backend: renewal, SAN rules, facts and metrics.
+"""Certificate policy shared by every CA backend: renewal, the checks of an issued certificate, facts and metrics.
+
+The certificate and name helpers it builds on are pki_certs'; this module's __all__ is the API
+the modules and the hosts' tool use.
 
 Plain functions on cryptography objects, so the built-in CA module, the OpenBao backend and
 pytest all apply exactly the same rules. Times are timezone-aware UTC datetimes throughout.
@@ -9,20 +12,34 @@ module using it may run on a host as well as on the controller.
 from __future__ import annotations
 
 import datetime
-import ipaddress
-import re
+
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki_certs import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    PKIError,
+    check_sans_allowed,
+    general_name_str,
+    is_self_signed,
+    is_signed_by,
+    iso,
+    load_certificate,
+    normalize_san,
+    not_after,
+    not_before,
+    parse_iso,
+    parse_sans,
+    require_aware,
+    sans_of,
+    serial_hex,
+    spki,
+    split_pem,
+)
 
 try:
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-except ImportError as exc:  # modules report it with missing_required_lib() instead of a traceback
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = exc
-else:
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
+    from cryptography.hazmat.primitives import hashes
+except ImportError:  # pki_certs.HAS_CRYPTOGRAPHY says so; modules report it
+    pass
 
 UTC = datetime.UTC
 # The renewal policy's constants, for every backend and both renewal paths.
@@ -39,198 +56,10 @@ TTL_TOLERANCE = datetime.timedelta(seconds=60)
 CLOCK_SKEW_TOLERANCE = datetime.timedelta(minutes=5)
 METRIC_PREFIX = "sevenleague_certificate"
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-# RFC 1035 label, as an A-label (IDNs must be passed punycode-encoded, as certificates store them).
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-class PKIError(Exception):
-    """Input or state the operator must fix; the message names the cause."""
-
-
-# --- loading, and cryptography versions -------------------------------------------------------
-
-
-def load_certificate(pem: bytes | str, what: str = "certificate") -> x509.Certificate:
-    """The first certificate of a PEM blob (a full chain is accepted: the leaf comes first)."""
-    if isinstance(pem, str):
-        pem = pem.encode()
-    try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError as exc:
-        raise PKIError(f"the {what} is not a PEM certificate: {exc}") from None
-
-
-def not_before(cert: x509.Certificate) -> datetime.datetime:
-    # not_valid_before_utc appeared in cryptography 42; Debian 12 ships 38 (naive UTC only).
-    value = getattr(cert, "not_valid_before_utc", None)
-    return value if value is not None else cert.not_valid_before.replace(tzinfo=UTC)
-
-
-def not_after(cert: x509.Certificate) -> datetime.datetime:
-    value = getattr(cert, "not_valid_after_utc", None)
-    return value if value is not None else cert.not_valid_after.replace(tzinfo=UTC)
-
-
-def is_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when `issuer`'s name and key signed `cert`."""
-    if cert.issuer != issuer.subject:
-        return False
-    if hasattr(cert, "verify_directly_issued_by"):  # cryptography >= 40
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
-    key = issuer.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
-        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            key.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            return False
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _require_aware(now: datetime.datetime) -> datetime.datetime:
-    if now.tzinfo is None:
-        raise ValueError("`now` must be timezone-aware (datetime.now(timezone.utc))")
-    return now.astimezone(UTC)
-
 
 def _check_fraction(renew_fraction: float) -> None:
     if not 0 < renew_fraction < 1:
         raise PKIError(f"renew_fraction must lie between 0 and 1 (exclusive), got {renew_fraction}")
-
-
-def iso(moment: datetime.datetime) -> str:
-    """ISO 8601 in UTC with a Z, to the second: what facts, logs and people read."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_iso(text: str) -> datetime.datetime:
-    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-# --- SANs -------------------------------------------------------------------------------------
-
-
-def normalize_san(value: str) -> str:
-    """IPs in `ipaddress` canonical form, DNS names lowercased without a trailing dot."""
-    text = str(value).strip()
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return text.lower().rstrip(".")
-
-
-def _dns_name_problem(name: str) -> str | None:
-    if not name:
-        return "an empty name"
-    if len(name) > 253:
-        return f"{name[:40]}... is longer than 253 characters"
-    labels = name.split(".")
-    if labels[0] == "*":
-        labels = labels[1:]
-        if len(labels) < 2:
-            return f"{name} is a wildcard on a top-level name"
-    bad = [label for label in labels if not _LABEL.match(label)]
-    if bad:
-        return f"{name} is not a valid DNS name (label {bad[0]!r}; IDNs must be given in punycode)"
-    return None
-
-
-def parse_sans(sans: list[str]) -> list[x509.GeneralName]:
-    """GeneralNames for `sans`, in order without duplicates: IP addresses, else DNS names."""
-    names, seen = [], set()
-    for raw in sans:
-        value = normalize_san(raw)
-        if value in seen:
-            continue
-        seen.add(value)
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(value)))
-            continue
-        except ValueError:
-            pass
-        problem = _dns_name_problem(value)
-        if problem:
-            raise PKIError(f"SAN {raw!r}: {problem}")
-        names.append(x509.DNSName(value))
-    return names
-
-
-def general_name_str(name: x509.GeneralName) -> str:
-    """A SAN as a comparable string; other name types keep a prefix so they never match a DNS name."""
-    if isinstance(name, (x509.IPAddress, x509.DNSName)):
-        return normalize_san(name.value)
-    return f"{type(name).__name__}:{name.value}"
-
-
-def sans_of(obj) -> list[str]:
-    """Normalized SANs of a certificate or CSR, sorted (empty without the extension)."""
-    try:
-        ext = obj.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return sorted({general_name_str(name) for name in ext.value})
-
-
-def _in_domain(name: str, domain: str) -> bool:
-    return name == domain or name.endswith("." + domain)
-
-
-def check_sans_allowed(
-    sans: list[str],
-    allowed_domains: list[str],
-    allow_ip: bool,
-    allowed_networks: list[str] | None = None,
-    allow_wildcard: bool = False,
-) -> list[str]:
-    """Problems with `sans` under the CA's naming policy; empty when every SAN is allowed.
-
-    A DNS name must equal an allowed domain or lie below one (RFC 5280 dNSName subtree semantics,
-    which the CA's name constraints also enforce). An IP needs allow_ip and, when
-    allowed_networks is given, must lie in one of them.
-    """
-    domains = [domain.strip().lower().strip(".") for domain in allowed_domains if domain.strip(" .")]
-    networks = [ipaddress.ip_network(net, strict=False) for net in (allowed_networks or [])]
-    problems = []
-    if not sans:
-        problems.append("no SANs requested")
-    for raw in sans:
-        value = normalize_san(raw)
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            address = None
-        if address is not None:
-            if not allow_ip:
-                problems.append(f"IP SAN {value} is not allowed (this CA issues IP SANs only for allowed_networks)")
-            elif networks and not any(address in net for net in networks):
-                problems.append(
-                    f"IP SAN {value} is outside the allowed networks ({', '.join(str(net) for net in networks)})"
-                )
-            continue
-        problem = _dns_name_problem(value)
-        if problem:
-            problems.append(f"SAN {raw!r}: {problem}")
-            continue
-        if value.startswith("*.") and not allow_wildcard:
-            problems.append(f"wildcard SAN {value} is not allowed (allow_wildcard is off)")
-            continue
-        base = value[2:] if value.startswith("*.") else value
-        if not domains:
-            problems.append(f"SAN {value} cannot be checked: no allowed domains are configured")
-        elif not any(_in_domain(base, domain) for domain in domains):
-            problems.append(f"SAN {value} is outside the allowed domains ({', '.join(domains)})")
-    return problems
 
 
 # --- lifetime and renewal ---------------------------------------------------------------------
@@ -257,7 +86,7 @@ def lifetime_decision(
 ) -> tuple[bool, str]:
     """(renew?, reason) from the validity period alone."""
     _check_fraction(renew_fraction)
-    now = _require_aware(now)
+    now = require_aware(now)
     start, end = not_before(cert), not_after(cert)
     if now >= end:
         return True, f"expired at {iso(end)}"
@@ -314,7 +143,7 @@ def renewal_decision(
     that signs today) did not issue it. Otherwise nothing changes.
     """
     _check_fraction(renew_fraction)
-    now = _require_aware(now)
+    now = require_aware(now)
     if cert_pem is None or not cert_pem.strip():
         return True, "no certificate"
     try:
@@ -337,24 +166,6 @@ def renewal_decision(
             parts.append("extra " + ", ".join(sorted(have - want)))
         return True, "SANs differ: " + "; ".join(parts)
     return renew, reason
-
-
-# --- checks on an issued certificate ----------------------------------------------------------
-
-
-def split_pem(pem: bytes | str) -> list[bytes]:
-    """Each certificate of a PEM bundle, in order (cryptography 38 has no load_pem_x509_certificates)."""
-    if isinstance(pem, str):
-        pem = pem.encode()
-    return [block + b"\n" for block in _PEM_CERT.findall(pem or b"")]
-
-
-def is_self_signed(cert: x509.Certificate) -> bool:
-    return cert.issuer == cert.subject and is_signed_by(cert, cert)
-
-
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def chain_problem(
@@ -405,7 +216,7 @@ def check_issued(
     cert = load_certificate(cert_pem, "issued certificate")
     serial = serial_hex(cert.serial_number)
     refuse = f"refusing certificate {serial}"
-    if _spki(cert.public_key()) != _spki(public_key):
+    if spki(cert.public_key()) != spki(public_key):
         raise PKIError(f"the certificate is for another key than the one the host generated: {refuse}")
     have, want = sans_of(cert), sorted({normalize_san(name) for name in wanted_sans})
     if have != want:
@@ -422,7 +233,7 @@ def check_issued(
             f"{iso(not_after(cert))}; is a clock wrong?): {refuse}"
         )
     if ttl and asked_at is not None:
-        asked_end = _require_aware(asked_at) + datetime.timedelta(seconds=ttl)
+        asked_end = require_aware(asked_at) + datetime.timedelta(seconds=ttl)
         if not_after(cert) < asked_end - TTL_TOLERANCE:
             raise PKIError(
                 f"the CA shortened certificate {serial}: it ends at {iso(not_after(cert))}, earlier than "
@@ -445,15 +256,6 @@ def check_issued(
     elif intermediates and not any(is_signed_by(cert, ca) for ca in intermediates):
         raise PKIError(f"certificate {serial} was not signed by the chain that came with it: {refuse}")
     return cert_pem, chain_out
-
-
-# --- facts and metrics ------------------------------------------------------------------------
-
-
-def serial_hex(serial: int) -> str:
-    """Lowercase hex in whole bytes, as `openssl x509 -serial` prints it (without the case)."""
-    text = format(serial, "x")
-    return text if len(text) % 2 == 0 else "0" + text
 
 
 def cert_info(cert_pem: bytes | str) -> dict:
@@ -485,7 +287,7 @@ _CLOCK_METRIC = f"{METRIC_PREFIX}_clock_behind_seconds"
 def clock_behind_seconds(info: dict, now: datetime.datetime) -> int:
     """How far the certificate starts in this host's future, when that is beyond the clock-skew
     tolerance (this host's clock is behind its CA's by at least as much); 0 within it."""
-    ahead = (_parse_iso(info["not_before"]) - _require_aware(now)).total_seconds()
+    ahead = (parse_iso(info["not_before"]) - require_aware(now)).total_seconds()
     return int(ahead) if ahead > CLOCK_SKEW_TOLERANCE.total_seconds() else 0
 
 
@@ -504,7 +306,7 @@ def textfile_metrics(infos: list[tuple[str, dict]], now: datetime.datetime | Non
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} gauge")
         for name, info in rows:
-            epoch = int(_parse_iso(info[field]).timestamp())
+            epoch = int(parse_iso(info[field]).timestamp())
             lines.append(f'{metric}{{name="{_label_value(name)}"}} {epoch}')
     lines.append(
         f"# HELP {_CLOCK_METRIC} Seconds this host's clock is behind its CA's, as the certificate's "
