@@ -17,30 +17,20 @@ lab changes nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import ipaddress
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from images import IMAGES, build_bare_image, build_images, host_image
+from podman_cli import DEFAULT_RELEASE, LABEL, RELEASES, ROOT, STATE, exists, log, podman
 
-ROOT = Path(__file__).resolve().parent.parent
-LAB = ROOT / "lab"
-STATE = ROOT / ".lab"
 INVENTORY = ROOT / "inventories" / "lab"
-# The Debian releases a lab host can run, by codename; new hosts get the first.
-RELEASES = ("trixie", "bookworm")
-DEFAULT_RELEASE = RELEASES[0]
-LABEL = "io.sevenleague.lab=1"
-# What a host needs before Ansible can manage it: Python, and python3-apt for
-# the apt module (under Mitogen it cannot install python3-apt itself).
-BASE_PACKAGES = ("python3", "python3-apt", "systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificates")
 SSH_KEY = STATE / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
 SSH_CONFIG = STATE / "ssh" / "config"
@@ -66,44 +56,6 @@ CAPS = ["NET_ADMIN", "NET_RAW"]
 # every hardened unit with User= (OpenBao, node_exporter, the apps) fails with
 # 217/USER (systemd issue 34565). Real hosts have it; Debian 12 does not need it.
 RELEASE_CAPS = {"trixie": ["SYS_ADMIN"]}
-
-
-def log(msg: str) -> None:
-    print(f"lab: {msg}", flush=True)
-
-
-def podman(*args: str, check: bool = True, capture: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CONTAINERS_CONF=str(LAB / "containers.conf"))
-    return subprocess.run(
-        ["podman", *args],
-        check=check,
-        text=True,
-        env=env,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE if capture else None,
-        **kw,
-    )
-
-
-def exists(kind: str, name: str) -> bool:
-    return podman(kind, "exists", name, check=False).returncode == 0
-
-
-def base_image(release: str) -> str:
-    return f"localhost/sevenleague-base:{release}"
-
-
-def host_image(release: str) -> str:
-    return f"localhost/sevenleague-node:{release}"
-
-
-def bare_image(release: str) -> str:
-    """The host image without Python (`lab_image: bare`), for the pyinfra bootstrap."""
-    return f"localhost/sevenleague-bare:{release}"
-
-
-# What a host's `lab_image` may name: the image Ansible manages as it is, or a bare one.
-IMAGES = ("node", "bare")
 
 
 def inventory_files() -> list[Path]:
@@ -161,125 +113,6 @@ def lab_config(extra=()) -> dict:
 
 def container_name(host: str) -> str:
     return "sl-" + host.split(".")[0]
-
-
-APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
-
-
-def debian_mirror(candidates=APT_SOURCES) -> str:
-    """The Debian mirror this machine already uses, so the lab needs no other."""
-    for path in candidates:
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            words = line.split()
-            if not words or line.lstrip().startswith("#"):
-                continue
-            if words[0] == "URIs:" and "security" not in words[1]:
-                return words[1]
-            if words[0] == "deb" and "security" not in line:
-                return next(w for w in words[1:] if "://" in w)
-            if words[0] == "URIs:" or words[0] == "deb":
-                continue
-    return "http://deb.debian.org/debian"
-
-
-def context_digest() -> str:
-    h = hashlib.sha256()
-    for name in ("Containerfile", "ssh-host-keys.service", "dpkg-lab.cfg", "apt-lab.conf"):
-        h.update((LAB / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def image_label(image: str, label: str) -> str:
-    out = podman("image", "inspect", image, "--format", f'{{{{ index .Labels "{label}" }}}}', check=False)
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def build_images(rebuild: bool = False, releases=RELEASES) -> None:
-    """Both releases' images, so Molecule and the lab find whichever they name."""
-    for release in releases:
-        build_release_images(release, rebuild)
-
-
-def build_release_images(release: str, rebuild: bool) -> None:
-    base, host = base_image(release), host_image(release)
-    build_base_image(release, rebuild)
-    # A new base image makes a new host image too.
-    digest = context_digest() + podman("image", "inspect", base, "--format", "{{ .Id }}").stdout.strip()[:12]
-    if rebuild or image_label(host, "io.sevenleague.context") != digest:
-        log(f"building {host}")
-        podman(
-            "build",
-            "--build-arg",
-            f"RELEASE={release}",
-            "--label",
-            f"io.sevenleague.context={digest}",
-            "-t",
-            host,
-            "-f",
-            str(LAB / "Containerfile"),
-            str(LAB),
-            capture=False,
-        )
-
-
-def build_bare_image(release: str, rebuild: bool = False) -> str:
-    """The host image of `release` without Python; built when a host asks for it."""
-    build_release_images(release, rebuild)
-    bare, host = bare_image(release), host_image(release)
-    digest = (
-        hashlib.sha256((LAB / "Containerfile.bare").read_bytes()).hexdigest()[:16]
-        + podman("image", "inspect", host, "--format", "{{ .Id }}").stdout.strip()[:12]
-    )
-    if rebuild or image_label(bare, "io.sevenleague.context") != digest:
-        log(f"building {bare}")
-        podman(
-            "build",
-            "--build-arg",
-            f"RELEASE={release}",
-            "--label",
-            f"io.sevenleague.context={digest}",
-            "-t",
-            bare,
-            "-f",
-            str(LAB / "Containerfile.bare"),
-            str(LAB),
-            capture=False,
-        )
-    return bare
-
-
-def build_base_image(release: str, rebuild: bool = False) -> str:
-    """A debootstrapped Debian `release` with systemd and Python, no sshd; returns its name.
-    Any release the mirror has: the system tests also build an unsupported one."""
-    packages = ",".join(BASE_PACKAGES)
-    base = base_image(release)
-    if rebuild or image_label(base, "io.sevenleague.packages") != packages:
-        if shutil.which("debootstrap") is None:
-            sys.exit("lab: debootstrap is missing: run `make deps` (or apt-get install debootstrap)")
-        mirror = debian_mirror()
-        log(f"building {base} with debootstrap from {mirror} (about a minute)")
-        with tempfile.TemporaryDirectory(prefix="sl-rootfs-") as rootfs:
-            subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={packages}", release, rootfs, mirror],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-            podman(
-                "import",
-                "--change",
-                "CMD /sbin/init",
-                "--change",
-                f"LABEL io.sevenleague.packages={packages}",
-                "-",
-                base,
-                stdin=tar.stdout,
-            )
-            if tar.wait() != 0:
-                sys.exit("lab: tar of the debootstrap tree failed")
-    return base
 
 
 def ensure_ssh_key() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import gzip
 import hashlib
 import importlib.metadata
 import os
@@ -23,13 +22,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from debian_files import changelog_gz, control, copyright_text, postinst, postrm, prerm
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
-MAINTAINER = "sevenleague <ops@sevenleague.invalid>"
 # A published version never changes: a change to what a package holds that
 # does not raise its own version (envoy's and openbao's units, anything from
 # here) needs a new revision of that package (Package.revision).
@@ -216,118 +215,6 @@ def packages() -> dict[str, Package]:
     }
 
 
-def control(pkg: Package, installed_kib: int) -> str:
-    return "\n".join(
-        [
-            f"Package: {pkg.name}",
-            f"Version: {pkg.full_version}",
-            f"Architecture: {pkg.architecture}",
-            f"Maintainer: {MAINTAINER}",
-            f"Installed-Size: {installed_kib}",
-            f"Depends: {', '.join(pkg.depends)}",
-            *([f"Replaces: {', '.join(pkg.replaces)}", f"Breaks: {', '.join(pkg.replaces)}"] if pkg.replaces else []),
-            "Section: net",
-            "Priority: optional",
-            "Homepage: https://sevenleague.invalid/",
-            f"Description: {pkg.description}",
-            *(f" {line}" for line in textwrap.wrap(pkg.long_description, 78)),
-            "",
-        ]
-    )
-
-
-def postinst(pkg: Package) -> str:
-    user = ""
-    if pkg.user:
-        user = f"    adduser --system --group --quiet --no-create-home --home /nonexistent {pkg.user}\n"
-    unit = f"{pkg.name}.service"
-    start = ""
-    if pkg.start_on_install:
-        start = (
-            f"    if [ -d /run/systemd/system ]; then\n"
-            f"        systemctl --system daemon-reload >/dev/null || true\n"
-            f"        deb-systemd-invoke restart {unit} >/dev/null || true\n"
-            f"    fi\n"
-        )
-    else:
-        start = (
-            f"    if [ -d /run/systemd/system ]; then\n"
-            f"        systemctl --system daemon-reload >/dev/null || true\n"
-            f"        deb-systemd-invoke try-restart {unit} >/dev/null || true\n"
-            f"    fi\n"
-        )
-    return (
-        "#!/bin/sh\nset -e\n\n"
-        'if [ "$1" = configure ]; then\n'
-        f"{user}"
-        f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
-        f"    if deb-systemd-helper --quiet was-enabled {unit}; then\n"
-        f"        deb-systemd-helper enable {unit} >/dev/null || true\n"
-        f"    else\n"
-        f"        deb-systemd-helper update-state {unit} >/dev/null || true\n"
-        f"    fi\n"
-        f"{start}"
-        "fi\n"
-    )
-
-
-def prerm(pkg: Package) -> str:
-    return (
-        "#!/bin/sh\nset -e\n\n"
-        'if [ -d /run/systemd/system ] && [ "$1" = remove ]; then\n'
-        f"    deb-systemd-invoke stop {pkg.name}.service >/dev/null || true\n"
-        "fi\n"
-    )
-
-
-def postrm(pkg: Package) -> str:
-    unit = f"{pkg.name}.service"
-    return (
-        "#!/bin/sh\nset -e\n\n"
-        "if [ -d /run/systemd/system ]; then\n"
-        "    systemctl --system daemon-reload >/dev/null || true\n"
-        "fi\n"
-        'if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then\n'
-        f"    deb-systemd-helper mask {unit} >/dev/null || true\n"
-        "fi\n"
-        'if [ "$1" = purge ] && command -v deb-systemd-helper >/dev/null; then\n'
-        f"    deb-systemd-helper purge {unit} >/dev/null || true\n"
-        f"    deb-systemd-helper unmask {unit} >/dev/null || true\n"
-        "fi\n"
-    )
-
-
-UPSTREAM = {
-    "envoy": ("2016-2026 Envoy Project Authors", "Apache-2.0"),
-    "openbao": ("2015-2023 HashiCorp, Inc.; 2023-2026 OpenBao Contributors", "MPL-2.0"),
-}
-
-
-def copyright_text(pkg: Package) -> str:
-    holder, license_name = UPSTREAM.get(pkg.name, ("2026 sevenleague", "Apache-2.0"))
-    return (
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
-        f"Upstream-Name: {pkg.name}\n\n"
-        "Files: *\n"
-        f"Copyright: {holder}\n"
-        f"License: {license_name}\n"
-        f" On Debian systems the full text of the license is in /usr/share/common-licenses/{license_name}.\n"
-    )
-
-
-def changelog_gz(pkg: Package, epoch: int) -> bytes:
-    date = subprocess.run(
-        ["date", "-R", "-u", "-d", f"@{epoch}"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    text = (
-        f"{pkg.name} ({pkg.full_version}) stable; urgency=medium\n\n"
-        f"  * Packaged by sevenleague.\n\n"
-        f" -- {MAINTAINER}  {date}\n"
-    )
-    # mtime=0 and no file name in the header: gzip -n, so the bytes depend on the text alone.
-    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
-
-
 # Lintian tags each package is known to raise, and why they stay.
 LINTIAN_OVERRIDES: dict[str, list[str]] = {
     "envoy": [
@@ -424,7 +311,8 @@ def source_date_epoch(pkg: Package) -> int:
 def inputs_digest(pkg: Package, epoch: int) -> str:
     """Everything the .deb is made of; equal digests give equal files."""
     digest = hashlib.sha256()
-    digest.update(Path(__file__).read_bytes())
+    for part in (Path(__file__), PACKAGING / "debian_files.py"):
+        digest.update(part.read_bytes())
     digest.update(
         repr(
             (

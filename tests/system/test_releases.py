@@ -8,6 +8,7 @@ images and reached through podman, since it has no sshd.
 
 from __future__ import annotations
 
+import images
 import pytest
 from conftest import LAB_HOSTS, ansible_playbook
 
@@ -19,7 +20,7 @@ HOST = "old1.sevenleague.test"
 
 @pytest.fixture(scope="module")
 def old_host(converged, tmp_path_factory):
-    image = lab.build_base_image("bullseye")
+    image = images.build_base_image("bullseye")
     lab.podman("rm", "-f", "-t", "0", NAME, check=False)
     lab.podman(
         "run",

@@ -4,6 +4,7 @@ import ipaddress
 import subprocess
 from pathlib import Path
 
+import images
 import pytest
 
 import lab
@@ -29,7 +30,7 @@ def test_mirror_from_deb822_sources(tmp_path):
         "# comment\nTypes: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\n"
         "Types: deb\nURIs: http://mirror.example/debian-security\n"
     )
-    assert lab.debian_mirror([sources]) == "http://mirror.example/debian"
+    assert images.debian_mirror([sources]) == "http://mirror.example/debian"
 
 
 def test_mirror_from_one_line_sources(tmp_path):
@@ -38,11 +39,11 @@ def test_mirror_from_one_line_sources(tmp_path):
         "deb http://security.example/debian-security bookworm-security main\n"
         "deb [arch=amd64] http://mirror.example/debian bookworm main\n"
     )
-    assert lab.debian_mirror([tmp_path / "missing", sources]) == "http://mirror.example/debian"
+    assert images.debian_mirror([tmp_path / "missing", sources]) == "http://mirror.example/debian"
 
 
 def test_mirror_falls_back_to_the_debian_redirector(tmp_path):
-    assert lab.debian_mirror([tmp_path / "missing"]) == "http://deb.debian.org/debian"
+    assert images.debian_mirror([tmp_path / "missing"]) == "http://deb.debian.org/debian"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_lab_hosts_run_both_releases_and_new_hosts_get_debian_13():
     assert set(cfg["releases"]) == set(cfg["hosts"])
     assert set(cfg["releases"].values()) == {"bookworm", "trixie"}
     assert lab.DEFAULT_RELEASE == "trixie"
-    assert lab.host_image("trixie") == "localhost/sevenleague-node:trixie"
+    assert images.host_image("trixie") == "localhost/sevenleague-node:trixie"
 
 
 def test_an_unknown_lab_release_names_the_host_and_the_fix(tmp_path, monkeypatch):
