@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openbao_dev import dev_server, free_port
 
-from ansible_collections.sevenleague.platform.plugins.module_utils import pki
+from ansible_collections.sevenleague.platform.plugins.module_utils import openbao_sign, pki
 
 UTC = datetime.UTC
 DOMAIN = "sevenleague.test"
@@ -47,7 +47,7 @@ def bao(tmp_path_factory):
 
 @pytest.fixture
 def client(bao):
-    return mod.make_client(bao["url"], bao["token"], timeout=5)
+    return openbao_sign.make_client(bao["url"], bao["token"], timeout=5)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def make_csr(sans, key=None, cn=HOST) -> str:
 
 
 def sign(client, csr, common_name=HOST, role="host", **kwargs):
-    return mod.sign_csr(client, mount=MOUNT, role=role, csr=csr, common_name=common_name, **kwargs)
+    return openbao_sign.sign_csr(client, mount=MOUNT, role=role, csr=csr, common_name=common_name, **kwargs)
 
 
 def load(pem: str) -> x509.Certificate:
@@ -179,16 +179,16 @@ def test_check_mode_validates_but_signs_nothing(client):
 
 
 def test_a_wrong_token_is_denied(bao):
-    client = mod.make_client(bao["url"], "not-the-token", timeout=5)
+    client = openbao_sign.make_client(bao["url"], "not-the-token", timeout=5)
     with pytest.raises(pki.PKIError, match=f"OpenBao at {bao['url']} denied the token lookup"):
         sign(client, make_csr([HOST]))
 
 
 def test_unreachable_openbao_is_named():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
-    client = mod.make_client(url, "token", timeout=2)
+    client = openbao_sign.make_client(url, "token", timeout=2)
     with pytest.raises(pki.PKIError, match=f"cannot reach OpenBao at {url}: Connection refused"):
-        mod.check_health(client)
+        openbao_sign.check_health(client)
     with pytest.raises(pki.PKIError, match="cannot reach OpenBao"):
         sign(client, make_csr([HOST]))
 
@@ -196,10 +196,10 @@ def test_unreachable_openbao_is_named():
 def test_sealed_openbao_is_named(tmp_path):
     with dev_server(tmp_path) as server:
         server["client"].sys.seal()
-        client = mod.make_client(server["url"], server["token"], timeout=5)
+        client = openbao_sign.make_client(server["url"], server["token"], timeout=5)
         message = f"OpenBao at {server['url']} is sealed: unseal it (see roles/openbao/README.md)"
         with pytest.raises(pki.PKIError, match=rf"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
-            mod.check_health(client)
+            openbao_sign.check_health(client)
         with pytest.raises(pki.PKIError, match="is sealed"):
             sign(client, make_csr([HOST]))
 
@@ -217,17 +217,17 @@ def test_sealed_openbao_is_named(tmp_path):
     ],
 )
 def test_parse_ttl(ttl, seconds):
-    assert mod.parse_ttl(ttl) == seconds
+    assert openbao_sign.parse_ttl(ttl) == seconds
 
 
 @pytest.mark.parametrize("ttl", ["1x", "-5", "1.5h", "30"])
 def test_parse_ttl_refuses(ttl):
     with pytest.raises(pki.PKIError, match="ttl"):
-        mod.parse_ttl(ttl)
+        openbao_sign.parse_ttl(ttl)
 
 
 def test_names_are_checked_before_openbao_is_asked():
-    client = mod.make_client("http://127.0.0.1:9", "token", timeout=1)
+    client = openbao_sign.make_client("http://127.0.0.1:9", "token", timeout=1)
     with pytest.raises(pki.PKIError, match="ip_sans: 'app1' is not an IP address"):
         sign(client, make_csr([HOST]), ip_sans=["app1"])
     with pytest.raises(pki.PKIError, match="is an IP address: give it in ip_sans"):
