@@ -4,9 +4,7 @@ the real Envoy binary's verdict on what it generates, and the SDS secrets tool
 
 import datetime
 import grp
-import importlib.machinery
 import importlib.metadata
-import importlib.util
 import ipaddress
 import json
 import os
@@ -219,6 +217,27 @@ def test_each_service_admits_only_the_hosts_of_the_services_that_call_it():
     # The metrics listener admits the monitoring hosts only, on every host.
     for host in (APP1, APP2, MON1):
         assert principals(listener(config(host), "metrics")) == [MON1]
+
+
+def rbac_rules(lst):
+    return http_filter(lst, "envoy.filters.http.rbac")["rules"]
+
+
+def test_the_rbac_policy_allows_the_listed_callers_and_nothing_else():
+    """The whole policy, not only its names: ALLOW the callers' certificates; with no caller, ALLOW
+    with no policy at all, which Envoy reads as deny everyone. It is the first HTTP filter, so no
+    other filter answers a request before it is checked."""
+    allow_app1 = {
+        "permissions": [{"any": True}],
+        "principals": [{"authenticated": {"principal_name": {"exact": APP1}}}],
+    }
+    greeter = listener(config(APP2), "inbound_greeter")
+    assert rbac_rules(greeter) == {"action": "ALLOW", "policies": {"allowed-callers": allow_app1}}
+    assert rbac_rules(listener(config(APP1), "inbound_frontend")) == {"action": "ALLOW", "policies": {}}
+    metrics = listener(config(APP1, metrics_callers=[]), "metrics")
+    assert rbac_rules(metrics) == {"action": "ALLOW", "policies": {}}
+    for lst in (greeter, metrics, listener(config(APP1), "inbound_frontend")):
+        assert hcm(lst)["http_filters"][0]["name"] == "envoy.filters.http.rbac"
 
 
 def test_a_second_caller_host_is_admitted_and_let_through_the_firewall():

@@ -10,26 +10,25 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Loads plugins/strategy/mitogen_linear.py as Ansible would, optionally with
+# Imports plugins/strategy/mitogen_linear.py (on PYTHONPATH) as Ansible would, optionally with
 # ansible_mitogen made unimportable, and prints the classes it is built on.
 _PROBE = """
-import importlib.util, sys
+import sys
 if sys.argv[1] == "without":
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] == "ansible_mitogen":
                 raise ImportError("No module named 'ansible_mitogen'")
     sys.meta_path.insert(0, Block())
-spec = importlib.util.spec_from_file_location("mitogen_linear", sys.argv[2])
-plugin = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plugin)
+import mitogen_linear as plugin
 print(" ".join(f"{c.__module__}.{c.__name__}" for c in plugin.StrategyModule.__mro__))
 """
 
 
 def probe(mode):
     return subprocess.run(
-        [sys.executable, "-c", _PROBE, mode, str(ROOT / "plugins" / "strategy" / "mitogen_linear.py")],
+        [sys.executable, "-c", _PROBE, mode],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "plugins" / "strategy")},
         capture_output=True,
         text=True,
         check=True,
