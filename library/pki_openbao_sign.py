@@ -135,6 +135,12 @@ ca_chain:
   returned: always
   type: list
   elements: str
+chain:
+  description:
+    - The issuer's chain as one PEM text (RV(ca_chain) joined), as M(pki_builtin_ca) returns it with
+      O(state=signed), so a caller handles both backends' answers alike; empty in check mode.
+  returned: always
+  type: str
 serial_number:
   description: The serial as OpenBao writes it (colon-separated hex), for C(pki/revoke); empty in check mode.
   returned: always

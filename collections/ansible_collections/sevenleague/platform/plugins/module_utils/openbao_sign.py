@@ -203,6 +203,7 @@ def sign_csr(
         "certificate": "",
         "issuing_ca": "",
         "ca_chain": [],
+        "chain": "",
         "serial_number": "",
         "info": {},
         "warnings": [],
@@ -251,6 +252,8 @@ def sign_csr(
         "certificate": certificate,
         "issuing_ca": issuing_ca + "\n" if issuing_ca else "",
         "ca_chain": [pem.strip() + "\n" for pem in chain],
+        # The shape pki_builtin_ca returns too: the chain above the certificate as one PEM text.
+        "chain": "".join(pem.strip() + "\n" for pem in chain),
         "serial_number": serial,
         "info": cert_info(certificate),
         "warnings": _relevant(response.get("warnings")),
