@@ -79,15 +79,31 @@ def test_every_role_supports_debian_12_and_13_and_checks_it_first(role):
     assert modules[:2] == ["strict_types", "supported_release"], modules[:3]
 
 
-@pytest.mark.parametrize("role", ROLES)
+def release_vars(role):
+    """A role's per-release vars files (vars/<release>.yml), by release."""
+    return {p.stem: p for p in (ROOT / "roles" / role / "vars").glob("*.yml") if p.stem != "main"}
+
+
+# The roles whose behaviour differs between Debian releases; the others have no per-release file.
+VARIES_BY_RELEASE = [role for role in ROLES if release_vars(role)]
+
+
+@pytest.mark.parametrize("role", VARIES_BY_RELEASE)
 def test_release_differences_live_in_one_vars_file_per_release(role):
     """A role that varies by release has a vars file for every release it supports, with the same keys."""
-    files = {p.stem: p for p in (ROOT / "roles" / role / "vars").glob("*.yml") if p.stem != "main"}
-    if not files:
-        return
+    files = release_vars(role)
     assert sorted(files) == sorted(platforms(role)["Debian"])
-    keys = {release: sorted(yaml.safe_load(path.read_text())) for release, path in files.items()}
+    keys = {release: sorted(yaml.safe_load(path.read_text()) or {}) for release, path in files.items()}
     assert len({tuple(k) for k in keys.values()}) == 1, keys
+    assert next(iter(keys.values())), f"{role}: the per-release vars files set nothing"
+
+
+@pytest.mark.parametrize("role", VARIES_BY_RELEASE)
+def test_the_per_release_vars_file_is_loaded_by_the_host_release(role):
+    """The files are read: the role's first tasks load vars/<the host's release>.yml."""
+    preflight = yaml.safe_load((ROOT / "roles" / role / "tasks" / "preflight.yml").read_text())
+    loads = [task["ansible.builtin.include_vars"] for task in preflight if "ansible.builtin.include_vars" in task]
+    assert loads == ["{{ ansible_facts['distribution_release'] }}.yml"], loads
 
 
 @pytest.mark.parametrize("role", ROLES)
