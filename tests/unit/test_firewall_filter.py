@@ -99,6 +99,26 @@ def test_rules_must_be_a_list():
         firewall_rules({"name": "x"})
 
 
+# A host reports its own facts: a compromised or misconfigured host could claim any address and
+# have its peers open their ports to it. An IP address in the inventory always wins.
+REPORTS_ANOTHER_ADDRESS = {"ansible_facts": {"default_ipv4": {"address": "203.0.113.66"}}}
+
+
+@pytest.mark.parametrize(
+    ("host", "hvars", "address"),
+    [
+        ("app1", {"ansible_host": "10.0.0.21", **REPORTS_ANOTHER_ADDRESS}, "10.0.0.21"),
+        ("app1", {"ansible_host": "fd00::21", **REPORTS_ANOTHER_ADDRESS}, "fd00::21"),
+        # No ansible_host: an inventory name that is an address is the address.
+        ("10.0.0.22", dict(REPORTS_ANOTHER_ADDRESS), "10.0.0.22"),
+    ],
+)
+def test_an_address_in_the_inventory_outranks_the_one_the_host_reports(host, hvars, address):
+    assert host_address(host, {host: hvars}) == address
+    [rule] = firewall_rules([{"name": "app", "port": 8443, "source_groups": ["apps"]}], {"apps": [host]}, {host: hvars})
+    assert rule["ipv4"] + rule["ipv6"] == [f"{address}/{32 if '.' in address else 128}"]
+
+
 def test_a_host_without_address_or_facts_is_named():
     with pytest.raises(AnsibleFilterError, match="no address known for db1"):
         host_address("db1", {"db1": {"ansible_host": "db1.example.internal"}})
