@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 import lab
@@ -286,6 +287,67 @@ def hostile(host, name: str):
     finally:
         cache.write_text(original)
         host.run("rm -f /usr/local/bin/sevenleague-pki /run/sevenleague-hostile-request")
+
+
+# --- the fleet's certificates, as several files read them ---------------------------------------
+
+CURRENT = "/etc/sevenleague/pki/current"
+CONFIG = "/etc/sevenleague/certificates/host.json"
+LISTENER_CONFIG = "/etc/sevenleague/certificates/openbao.json"
+CA_DIR = ROOT / "inventories" / "lab" / ".pki"
+SERVER_CA = ROOT / "inventories" / "lab" / ".openbao" / "server-ca.pem"
+OPENBAO = "https://10.213.7.11:8200"
+CA_HOST = "ca1.sevenleague.test"
+
+
+def serial(host, config=CONFIG):
+    return json.loads(host.check_output(f"sevenleague-pki status --config {config}"))["serial"]
+
+
+def verify(host, tmp_path, root: str, directory: str = CURRENT) -> subprocess.CompletedProcess:
+    """The host's certificate verified on the controller against `root`, not the host's own bundle."""
+    cert, chain = tmp_path / "cert.pem", tmp_path / "chain.pem"
+    cert.write_text(host.file(f"{directory}/cert.pem").content_string)
+    chain.write_text(host.file(f"{directory}/chain.pem").content_string)
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", root, "-untrusted", str(chain), str(cert)], capture_output=True, text=True
+    )
+
+
+def ansible_token() -> str:
+    """Ansible's OpenBao token, from the openbao role's encrypted file (as an operator reads it)."""
+    secrets = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "ansible-vault"),
+            "view",
+            "--vault-password-file",
+            str(ROOT / ".lab" / "openbao-passphrase"),
+            str(ROOT / "inventories" / "lab" / ".openbao" / "ansible-token.vault"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return yaml.safe_load(secrets)["token"]
+
+
+def renewal_roles() -> list[str]:
+    """The renewal roles OpenBao holds, one per host the inventory names."""
+    listing = subprocess.run(
+        [
+            "curl",
+            "-sSf",
+            "--cacert",
+            str(SERVER_CA),
+            "-H",
+            f"X-Vault-Token: {ansible_token()}",
+            f"{OPENBAO}/v1/pki_int/roles?list=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(listing.stdout)["data"]["keys"]
 
 
 def certificate_names(host, directory: str = "/etc/sevenleague/pki/current") -> set[str]:

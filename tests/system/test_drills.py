@@ -18,8 +18,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import RunningPlaybook, ansible_playbook, stopped
-from test_pki import CA_HOST, CONFIG, CURRENT, OPENBAO, SERVER_CA, serial
+from conftest import CA_HOST, CONFIG, CURRENT, OPENBAO, SERVER_CA, RunningPlaybook, ansible_playbook, serial, stopped
 
 APP1, APP2 = "app1.sevenleague.test", "app2.sevenleague.test"
 # A file the last layer (the mesh) writes on every host, and the play the host is lost at: after
@@ -33,14 +32,20 @@ def host_lost(hosts):
     """site.yml with app2 powered off once the run reaches the logs layer, app2 booted again, then
     site.yml once more.  Every host first loses LAST_LAYER_FILE, so the run has work on each of
     them up to its very end."""
-    for host in hosts.values():
-        host.check_output(f"rm -f {LAST_LAYER_FILE}")
-    running = RunningPlaybook("site.yml", log="site-host-lost.log")
-    reached = running.wait_for(LOST_AT)
-    with stopped(APP2):
-        run = running.finish()
-    completed = {name: host.file(LAST_LAYER_FILE).exists for name, host in hosts.items()}
-    rerun = ansible_playbook("site.yml", log="site-after-host-lost.log")
+    running = None
+    try:
+        for host in hosts.values():
+            host.check_output(f"rm -f {LAST_LAYER_FILE}")
+        running = RunningPlaybook("site.yml", log="site-host-lost.log")
+        reached = running.wait_for(LOST_AT)
+        with stopped(APP2):
+            run = running.finish()
+        completed = {name: host.file(LAST_LAYER_FILE).exists for name, host in hosts.items()}
+    finally:
+        if running is not None:
+            running.proc.wait(timeout=1800)  # never two site.yml at once
+        # The drill's rerun also puts back what the drill took, whatever failed above.
+        rerun = ansible_playbook("site.yml", log="site-after-host-lost.log")
     greeting = hosts[APP1].run("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=drill'")
     return {
         "reached": reached,
@@ -94,22 +99,30 @@ def sealed(hosts):
     """OpenBao restarted (it comes back sealed); what the fleet sees; then the documented unseal."""
     app1 = hosts[APP1]
     hosts[CA_HOST].check_output("systemctl restart openbao")
-    deadline = time.monotonic() + 60
-    while not health().get("sealed") and time.monotonic() < deadline:
-        time.sleep(1)
-    state = health()
-    before = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
-    run = ansible_playbook(
-        "playbooks/pki.yml", "--limit", APP1, "-e", json.dumps({"pki_force_renew": True}), log="pki-openbao-sealed.log"
-    )
-    # The timer's own renewal, with two tries instead of its backoff over a minute.
-    config = json.loads(app1.file(CONFIG).content_string)
-    config["openbao"].update(attempts=2, backoff_initial=1)
-    app1.check_output(f"umask 077 && printf '%s' {shlex.quote(json.dumps(config))} > /run/sl-sealed.json")
-    timer = app1.run("sevenleague-pki renew --force --config /run/sl-sealed.json")
-    app1.run("rm -f /run/sl-sealed.json")
-    after = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
-    unseal = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init", log="openbao-unseal.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not health().get("sealed") and time.monotonic() < deadline:
+            time.sleep(1)
+        state = health()
+        before = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
+        run = ansible_playbook(
+            "playbooks/pki.yml",
+            "--limit",
+            APP1,
+            "-e",
+            json.dumps({"pki_force_renew": True}),
+            log="pki-openbao-sealed.log",
+        )
+        # The timer's own renewal, with two tries instead of its backoff over a minute.
+        config = json.loads(app1.file(CONFIG).content_string)
+        config["openbao"].update(attempts=2, backoff_initial=1)
+        app1.check_output(f"umask 077 && printf '%s' {shlex.quote(json.dumps(config))} > /run/sl-sealed.json")
+        timer = app1.run("sevenleague-pki renew --force --config /run/sl-sealed.json")
+        after = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
+    finally:
+        app1.run("rm -f /run/sl-sealed.json")
+        # The documented unseal is also what leaves OpenBao as the drill found it.
+        unseal = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init", log="openbao-unseal.log")
     renewed = app1.run(f"sevenleague-pki renew --force --config {CONFIG}")
     return {
         "state": state,

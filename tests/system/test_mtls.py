@@ -5,8 +5,8 @@ the RELP listener and OpenBao; each door also lets its rightful client in, so a
 refusal is the TLS layer's and not a closed port's.  Then an sslyze scan of every
 TLS port on every host: TLS 1.2 and 1.3 only, Mozilla's "intermediate" suites only.
 
-This file runs on the fleet as site.yml left it (file order: before the PKI's
-rotations and rollovers).
+It needs the fleet on OpenBao, as site.yml converges it and as every other
+file leaves it; the probes' credentials are removed from the hosts afterwards.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import LAB_HOSTS, ROOT, lab
+from conftest import LAB_HOSTS, OPENBAO, ROOT, SERVER_CA, ansible_token, lab
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from test_pki import OPENBAO, SERVER_CA, ansible_token
 
 APP1, APP2 = "app1.sevenleague.test", "app2.sevenleague.test"
 MONITOR, AGGREGATOR, CA_HOST = "mon1.sevenleague.test", "logs1.sevenleague.test", "ca1.sevenleague.test"
@@ -147,25 +146,27 @@ def credentials(hosts):
             "wrong-name": _from_openbao(INTRUDER, "10m"),
         }
     time.sleep(2)
-    for name in probers:
-        host = hosts[name]
-        host.check_output(
-            f"rm -rf {PROBE_DIR} && mkdir -m 0700 {PROBE_DIR} && mkdir {PROBE_DIR}/none "
-            f"&& ln -s {CURRENT} {PROBE_DIR}/own"
-        )
-        for case, (key, cert, chain) in made[name].items():
-            files = {"key.pem": key, "cert.pem": cert, "chain.pem": chain, "fullchain.pem": cert + chain}
+    try:
+        for name in probers:
+            host = hosts[name]
             host.check_output(
-                f"mkdir {PROBE_DIR}/{case} && "
-                + " && ".join(
-                    f"printf '%s' {shlex.quote(text)} > {PROBE_DIR}/{case}/{file}" for file, text in files.items()
-                )
+                f"rm -rf {PROBE_DIR} && mkdir -m 0700 {PROBE_DIR} && mkdir {PROBE_DIR}/none "
+                f"&& ln -s {CURRENT} {PROBE_DIR}/own"
             )
-        # The expired one really is: its end lies behind the host's clock.
-        assert host.run(f"openssl x509 -in {PROBE_DIR}/expired/fullchain.pem -noout -checkend 0").rc == 1
-    yield
-    for name in probers:
-        hosts[name].run(f"rm -rf {PROBE_DIR}")
+            for case, (key, cert, chain) in made[name].items():
+                files = {"key.pem": key, "cert.pem": cert, "chain.pem": chain, "fullchain.pem": cert + chain}
+                host.check_output(
+                    f"mkdir {PROBE_DIR}/{case} && "
+                    + " && ".join(
+                        f"printf '%s' {shlex.quote(text)} > {PROBE_DIR}/{case}/{file}" for file, text in files.items()
+                    )
+                )
+            # The expired one really is: its end lies behind the host's clock.
+            assert host.run(f"openssl x509 -in {PROBE_DIR}/expired/fullchain.pem -noout -checkend 0").rc == 1
+        yield
+    finally:
+        for name in probers:
+            hosts[name].run(f"rm -rf {PROBE_DIR}")
 
 
 def _curl_client(case: str) -> str:

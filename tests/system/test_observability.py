@@ -3,8 +3,8 @@ aggregator over RELP with mutual TLS, nothing is lost while the aggregator is
 down, while its disk is full or while certificates rotate, and Prometheus scrapes every node_exporter
 over mutual TLS (who else gets in: test_mtls.py).
 
-This file runs before the PKI's rollovers (file order), on the fleet as
-site.yml left it.
+It needs the fleet as site.yml converges it, and leaves it so: each outage
+it makes is undone in a `finally`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Host certificates on the lab: OpenBao issues every host's (the lab's default),
 the hosts renew on their own, and rotation re-issues them all.
 
-test_pki_builtin.py follows (file order): the fleet moves to the built-in CA,
-rolls it over, and comes back.
+The moves to the built-in CA and back are test_pki_builtin.py's; OpenBao's
+intermediate rollover is test_pki_openbao_rollover.py's.
 """
 
 import json
@@ -14,23 +14,26 @@ import time
 import pytest
 import yaml
 from conftest import (
+    CA_DIR,
+    CA_HOST,
+    CONFIG,
+    CURRENT,
     LAB_HOSTS,
+    LISTENER_CONFIG,
+    OPENBAO,
     REPORTS,
     ROOT,
+    SERVER_CA,
     ansible_playbook,
     assert_only_its_own_certificate,
     certificate_names,
     hostile,
+    renewal_roles,
+    serial,
     steady_load,
+    verify,
 )
 
-CURRENT = "/etc/sevenleague/pki/current"
-CONFIG = "/etc/sevenleague/certificates/host.json"
-LISTENER_CONFIG = "/etc/sevenleague/certificates/openbao.json"
-CA_DIR = ROOT / "inventories" / "lab" / ".pki"
-SERVER_CA = ROOT / "inventories" / "lab" / ".openbao" / "server-ca.pem"
-OPENBAO = "https://10.213.7.11:8200"
-CA_HOST = "ca1.sevenleague.test"
 # Short enough to watch the timers renew: due two thirds into its life (180 s). The timers check
 # every 10 s and retry every few seconds, so a renewal follows OpenBao's return within the short
 # life (a day's certificates check every 2 h and back off up to 5 min).
@@ -46,20 +49,6 @@ SHORT = {
 }
 TEST_HOOK = "90-system-test"
 HOOK_LOG = "/run/sevenleague-system-test-hook"
-
-
-def serial(host, config=CONFIG):
-    return json.loads(host.check_output(f"sevenleague-pki status --config {config}"))["serial"]
-
-
-def verify(host, tmp_path, root: str, directory: str = CURRENT) -> subprocess.CompletedProcess:
-    """The host's certificate verified on the controller against `root`, not the host's own bundle."""
-    cert, chain = tmp_path / "cert.pem", tmp_path / "chain.pem"
-    cert.write_text(host.file(f"{directory}/cert.pem").content_string)
-    chain.write_text(host.file(f"{directory}/chain.pem").content_string)
-    return subprocess.run(
-        ["openssl", "verify", "-CAfile", root, "-untrusted", str(chain), str(cert)], capture_output=True, text=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +245,20 @@ def left_alone(rotation, hosts):
     back with a margin before the first certificate expires, and the timers must renew every
     certificate, each renewal running the reload hooks. Afterwards a day again."""
     ca = hosts[CA_HOST]
+    try:
+        yield drill(hosts, ca)
+    finally:
+        # A day again and no test hook, whatever happened on the way.
+        for name, host in hosts.items():
+            host.check_output(f"rm -f {HOOK_LOG} " + " ".join(f"{d}/{TEST_HOOK}" for d in hook_dirs(name)))
+        back = ansible_playbook(
+            "playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(FORCE), log="pki-back-to-a-day.log"
+        )
+        assert back.rc == 0, back.output[-3000:]
+
+
+def drill(hosts, ca) -> dict:
+    """left_alone's drill: the hooks and short certificates, OpenBao away, the timers' renewals."""
     for name, host in hosts.items():
         for directory in hook_dirs(name):
             host.check_output(
@@ -309,7 +312,7 @@ def left_alone(rotation, hosts):
             indent=1,
         )
     )
-    yield {
+    return {
         "issued": issued,
         "ends": ends,
         "during": during,
@@ -320,12 +323,6 @@ def left_alone(rotation, hosts):
         "journals": journals,
         "load": load,
     }
-    for name, host in hosts.items():
-        host.check_output(f"rm -f {HOOK_LOG} " + " ".join(f"{d}/{TEST_HOOK}" for d in hook_dirs(name)))
-    back = ansible_playbook(
-        "playbooks/openbao.yml", "playbooks/pki.yml", "-e", json.dumps(FORCE), log="pki-back-to-a-day.log"
-    )
-    assert back.rc == 0, back.output[-3000:]
 
 
 def test_services_keep_working_on_their_certificates_while_openbao_is_away(left_alone):
@@ -375,53 +372,20 @@ def test_openbao_serves_its_renewed_listener_certificate(left_alone, hosts, open
     assert served.stdout.strip().split("=")[1].lower() == now
 
 
-def ansible_token() -> str:
-    """Ansible's OpenBao token, from the openbao role's encrypted file (as an operator reads it)."""
-    secrets = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "ansible-vault"),
-            "view",
-            "--vault-password-file",
-            str(ROOT / ".lab" / "openbao-passphrase"),
-            str(ROOT / "inventories" / "lab" / ".openbao" / "ansible-token.vault"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return yaml.safe_load(secrets)["token"]
-
-
-def renewal_roles() -> list[str]:
-    listing = subprocess.run(
-        [
-            "curl",
-            "-sSf",
-            "--cacert",
-            str(SERVER_CA),
-            "-H",
-            f"X-Vault-Token: {ansible_token()}",
-            f"{OPENBAO}/v1/pki_int/roles?list=true",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(listing.stdout)["data"]["keys"]
-
-
 @pytest.fixture
 def without_app2():
     """The lab inventory after app2 left it: a copy beside it, with its group_vars and its state."""
     inventory = ROOT / "inventories" / "lab-without-app2"
     shutil.rmtree(inventory, ignore_errors=True)
-    inventory.mkdir()
-    (inventory / "group_vars").symlink_to("../lab/group_vars")
-    hosts_yml = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
-    del hosts_yml["all"]["children"]["apps"]["hosts"]["app2.sevenleague.test"]
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts_yml))
-    yield inventory
-    shutil.rmtree(inventory)
+    try:
+        inventory.mkdir()
+        (inventory / "group_vars").symlink_to("../lab/group_vars")
+        hosts_yml = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
+        del hosts_yml["all"]["children"]["apps"]["hosts"]["app2.sevenleague.test"]
+        (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts_yml))
+        yield inventory
+    finally:
+        shutil.rmtree(inventory, ignore_errors=True)
 
 
 def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2):
@@ -430,22 +394,27 @@ def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2)
     app2 = hosts["app2.sevenleague.test"]
     renew = "sevenleague-pki renew --force --config " + CONFIG
     assert "renew-app2.sevenleague.test" in renewal_roles()
-    left = ansible_playbook(
-        "playbooks/openbao.yml",
-        "-i",
-        str(without_app2),
-        "--tags",
-        "openbao_init,openbao_pki",
-        env={"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab")},
-        log="openbao-without-app2.log",
-    )
-    assert left.rc == 0, left.output[-3000:]
-    assert "renew-app2.sevenleague.test" not in renewal_roles()
     before = serial(app2)
-    refused = app2.run(renew)
-    assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
-    assert serial(app2) == before
-    back = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init,openbao_pki", log="openbao-app2-back.log")
+    try:
+        left = ansible_playbook(
+            "playbooks/openbao.yml",
+            "-i",
+            str(without_app2),
+            "--tags",
+            "openbao_init,openbao_pki",
+            env={"SEVENLEAGUE_STATE_DIR": str(ROOT / "inventories" / "lab")},
+            log="openbao-without-app2.log",
+        )
+        assert left.rc == 0, left.output[-3000:]
+        assert "renew-app2.sevenleague.test" not in renewal_roles()
+        refused = app2.run(renew)
+        assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
+        assert serial(app2) == before
+    finally:
+        # Back in the inventory, whatever failed above: app2 keeps its renewal role.
+        back = ansible_playbook(
+            "playbooks/openbao.yml", "--tags", "openbao_init,openbao_pki", log="openbao-app2-back.log"
+        )
     assert back.rc == 0, back.output[-3000:]
     renewed = app2.run(renew)
     assert renewed.rc == 0, renewed.stdout + renewed.stderr

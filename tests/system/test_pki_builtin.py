@@ -6,14 +6,25 @@ openbao roles reads it; consumers follow /etc/sevenleague/pki/current through
 their hooks), so the moves run that layer's playbooks: site.yml would add
 only the other layers' no-op tasks, two minutes each on the lab.
 
-Runs after test_pki.py (file order), on the lab that converged on OpenBao.
+Starts from the lab as site.yml converged it, on OpenBao, and leaves it on
+OpenBao again, whatever fails on the way (on_builtin).
 """
 
 import json
 
 import pytest
-from conftest import ROOT, ansible_playbook, certificate_names, hostile, stopped
-from test_pki import CA_DIR, CURRENT, SERVER_CA, serial, verify
+from conftest import (
+    CA_DIR,
+    CURRENT,
+    ROOT,
+    SERVER_CA,
+    ansible_playbook,
+    certificate_names,
+    hostile,
+    serial,
+    stopped,
+    verify,
+)
 
 OPENBAO_ROOT = ROOT / "inventories" / "lab" / ".openbao" / "root.crt"
 # The lab inventory reads the backend from the environment (as a site sets it in
@@ -33,21 +44,34 @@ def unchanged(run) -> dict:
     return {host: r["changed"] for host, r in run.recap.items() if r["changed"]}
 
 
+def to_openbao(log: str):
+    # OpenBao's listener holds a certificate from the built-in CA (rolled over or not): trust its root.
+    return ansible_playbook("playbooks/openbao.yml", "playbooks/pki.yml", "-e", trust(CA_DIR / "root.crt"), log=log)
+
+
 @pytest.fixture(scope="module")
 def on_builtin(hosts):
-    before = {name: serial(host) for name, host in hosts.items()}
-    first = ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-1.log")
-    # The certificate layer again: nothing may flap between the backends' settings.
-    second = (
-        ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-2.log")
-        if first.rc == 0
-        else first
-    )
-    return before, first, second
+    """The fleet on the built-in CA for the file's tests; back on OpenBao at the end, by
+    back_on_openbao's tested move or, if that did not run or failed, by the same move here."""
+    moves = {"back": None}
+    try:
+        before = {name: serial(host) for name, host in hosts.items()}
+        first = ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-1.log")
+        # The certificate layer again: nothing may flap between the backends' settings.
+        second = (
+            ansible_playbook("playbooks/pki.yml", "-e", trust(OPENBAO_ROOT), env=BUILTIN, log="pki-builtin-2.log")
+            if first.rc == 0
+            else first
+        )
+        yield before, first, second, moves
+    finally:
+        if moves["back"] is None or moves["back"].rc != 0:
+            restored = to_openbao(log="pki-openbao-restored.log")
+            assert restored.rc == 0, restored.output[-3000:]
 
 
 def test_switching_to_the_builtin_ca_converges_and_a_pki_rerun_changes_nothing(on_builtin):
-    _, first, second = on_builtin
+    _, first, second, _ = on_builtin
     assert first.rc == 0, first.output[-3000:]
     assert second.rc == 0, second.output[-3000:]
     assert unchanged(second) == {}
@@ -166,11 +190,8 @@ def test_rotate_ca_after_a_finished_rollover_changes_nothing(ca_rollover):
 
 
 @pytest.fixture(scope="module")
-def back_on_openbao(ca_rollover, hosts):
-    # OpenBao's listener holds a certificate from the built-in CA, which rolled over.
-    run = ansible_playbook(
-        "playbooks/openbao.yml", "playbooks/pki.yml", "-e", trust(CA_DIR / "root.crt"), log="pki-openbao-again.log"
-    )
+def back_on_openbao(on_builtin, ca_rollover, hosts):
+    on_builtin[3]["back"] = run = to_openbao(log="pki-openbao-again.log")
     return run
 
 

@@ -22,29 +22,31 @@ HOST = "old1.sevenleague.test"
 def old_host(converged, tmp_path_factory):
     image = images.build_base_image("bullseye")
     lab.podman("rm", "-f", "-t", "0", NAME, check=False)
-    lab.podman(
-        "run",
-        "-d",
-        "--name",
-        NAME,
-        "--hostname",
-        HOST,
-        "--label",
-        lab.LABEL,
-        "--network",
-        "none",
-        image,
-        "sleep",
-        "infinity",
-    )
-    inventory = tmp_path_factory.mktemp("old-host") / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    apps:\n      hosts:\n"
-        f"        {HOST}:\n          ansible_connection: containers.podman.podman\n"
-        f"          ansible_host: {NAME}\n"
-    )
-    yield inventory
-    lab.podman("rm", "-f", "-t", "0", NAME, check=False)
+    try:
+        lab.podman(
+            "run",
+            "-d",
+            "--name",
+            NAME,
+            "--hostname",
+            HOST,
+            "--label",
+            lab.LABEL,
+            "--network",
+            "none",
+            image,
+            "sleep",
+            "infinity",
+        )
+        inventory = tmp_path_factory.mktemp("old-host") / "hosts.yml"
+        inventory.write_text(
+            "all:\n  children:\n    apps:\n      hosts:\n"
+            f"        {HOST}:\n          ansible_connection: containers.podman.podman\n"
+            f"          ansible_host: {NAME}\n"
+        )
+        yield inventory
+    finally:
+        lab.podman("rm", "-f", "-t", "0", NAME, check=False)
 
 
 def state(name: str) -> str:

@@ -7,7 +7,8 @@ sends it requests without a restart. Then greeter, now on app2 and app3, is roll
 playbooks/deploy.yml while a client on app1 sends frontend (which calls greeter through the mesh)
 over 200 requests a second: a good version, a broken one (its health fails, so the first host rolls
 back and the second is left alone), and a rollback. Last, app3 leaves the inventory and site.yml
-takes it out of every peer. Runs last (file order).
+takes it out of every peer; if that test did not get there, the `grown` fixture does the same, so
+the fleet is left as site.yml converges it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, steady_load, stopped
-from test_pki import renewal_roles
+from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, renewal_roles, steady_load, stopped
 
 APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
 MONITOR = "mon1.sevenleague.test"
@@ -99,22 +99,32 @@ def started_at(host, unit: str) -> str:
 
 @pytest.fixture(scope="module")
 def grown(hosts):
-    """The lab with app3: the container started by the lab tool, then site.yml with both inventories."""
+    """The lab with app3: the container started by the lab tool, then site.yml with both inventories.
+    Afterwards app3 is gone, and unless the last test took it out of every peer (and put greeter
+    back at its pinned version), site.yml without it does."""
     app1 = hosts[APP1]
     envoy_pid = app1.check_output("systemctl show envoy -p MainPID --value")
-    ADDED.write_text(ADDED_HOST)
-    subprocess.run([sys.executable, str(ROOT / "lab" / "lab.py"), "up"], check=True, capture_output=True)
-    bare = lab.podman("exec", lab.container_name(APP3), "sh", "-c", "command -v python3", check=False).returncode != 0
-    bootstrap = subprocess.run(
-        [sys.executable, str(ROOT / "bootstrap" / "bootstrap.py"), APP3], cwd=ROOT, capture_output=True, text=True
-    )
-    (REPORTS / "bootstrap-app3.log").write_text(bootstrap.stdout + bootstrap.stderr)
-    run = ansible_playbook("site.yml", log="site-grown.log") if bootstrap.returncode == 0 else None
-    app3 = testinfra.get_host(f"ssh://{APP3}", ssh_config=str(SSH_CONFIG))
+    state = {"taken_out": None}
     try:
-        yield {"run": run, "bare": bare, "bootstrap": bootstrap, "envoy_pid": envoy_pid, APP3: app3, **hosts}
+        ADDED.write_text(ADDED_HOST)
+        subprocess.run([sys.executable, str(ROOT / "lab" / "lab.py"), "up"], check=True, capture_output=True)
+        bare = (
+            lab.podman("exec", lab.container_name(APP3), "sh", "-c", "command -v python3", check=False).returncode != 0
+        )
+        bootstrap = subprocess.run(
+            [sys.executable, str(ROOT / "bootstrap" / "bootstrap.py"), APP3], cwd=ROOT, capture_output=True, text=True
+        )
+        (REPORTS / "bootstrap-app3.log").write_text(bootstrap.stdout + bootstrap.stderr)
+        run = ansible_playbook("site.yml", log="site-grown.log") if bootstrap.returncode == 0 else None
+        app3 = testinfra.get_host(f"ssh://{APP3}", ssh_config=str(SSH_CONFIG))
+        state.update({"run": run, "bare": bare, "bootstrap": bootstrap, "envoy_pid": envoy_pid, APP3: app3, **hosts})
+        yield state
     finally:
         ADDED.unlink(missing_ok=True)
+        taken_out = state["taken_out"]
+        if taken_out is None or taken_out.rc != 0:
+            shrunk = ansible_playbook("site.yml", log="site-without-app3.log")
+            assert shrunk.rc == 0, shrunk.output[-3000:]
         subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-O", "exit", APP3], capture_output=True)
         lab.podman("rm", "-f", "-t", "5", lab.container_name(APP3), check=False)
 
@@ -249,7 +259,7 @@ def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published)
     site.yml later no peer routes to it, scrapes it, admits it through its firewall or keeps a
     renewal role for it."""
     ADDED.unlink()
-    run = ansible_playbook("site.yml", log="site-shrunk.log")
+    published["taken_out"] = run = ansible_playbook("site.yml", log="site-shrunk.log")
     assert run.rc == 0, run.output[-3000:]
     assert APP3 not in run.recap
     address = "10.213.7.23"
