@@ -337,6 +337,20 @@ def test_inbound_tls_requires_a_client_certificate_and_mozilla_intermediate():
     assert trust["name"] == "ca"
 
 
+def test_both_tls_sides_are_envoys_tls_socket_with_their_alpn_and_dns_name_matching():
+    """Inbound offers h2 and HTTP/1.1 to callers; upstream speaks h2 and accepts a peer by its DNS SAN."""
+    inbound = listener(config(APP2), "inbound_greeter")["filter_chains"][0]["transport_socket"]
+    assert inbound["name"] == "envoy.transport_sockets.tls"
+    assert inbound["typed_config"]["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
+    upstream = cluster(config(APP1), "upstream_greeter")
+    for tls in [upstream["transport_socket"], *(m["transport_socket"] for m in upstream["transport_socket_matches"])]:
+        assert tls["name"] == "envoy.transport_sockets.tls"
+        context = tls["typed_config"]["common_tls_context"]
+        assert context["alpn_protocols"] == ["h2"]
+        matchers = context["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+        assert matchers == [{"san_type": "DNS", "matcher": {"exact": APP2}}]
+
+
 def test_the_bootstrap_reads_listeners_and_clusters_from_watched_files():
     boot = config(APP1)["bootstrap"]
     assert boot["node"] == {"id": APP1, "cluster": "sevenleague"}
@@ -478,6 +492,11 @@ def _with(service, **changes):
             SERVICES,
             {**HOSTS, APP2: {"ansible_host": "10.213.7.22"}},
             r"frontend on app1\.sevenleague\.test calls greeter, but no host runs greeter",
+        ),
+        (
+            SERVICES,
+            {**HOSTS, "app_2 (old)": {"ansible_host": "10.213.7.24", "services": ["greeter"]}},
+            r"'app_2 \(old\)' runs services, so its inventory name is its certificate's name and must be a DNS name",
         ),
     ],
 )

@@ -122,3 +122,37 @@ def test_an_address_in_the_inventory_outranks_the_one_the_host_reports(host, hva
 def test_a_host_without_address_or_facts_is_named():
     with pytest.raises(AnsibleFilterError, match="no address known for db1"):
         host_address("db1", {"db1": {"ansible_host": "db1.example.internal"}})
+
+
+@pytest.mark.parametrize(
+    ("port", "rendered"),
+    [(1, "1"), (65535, "65535"), ("1-2", "1-2"), ("65534-65535", "65534-65535"), ("1-65535", "1-65535")],
+)
+def test_the_first_and_last_ports_are_accepted(port, rendered):
+    [rule] = firewall_rules([{"name": "edge", "port": port, "sources": ["10.0.0.1"]}])
+    assert rule["ports"] == [rendered]
+
+
+@pytest.mark.parametrize("port", [0, 65536, "0-10", "10-65536", "10-10"])
+def test_ports_outside_1_65535_and_empty_ranges_are_refused(port):
+    with pytest.raises(AnsibleFilterError, match="firewall rule 'edge': port"):
+        firewall_rules([{"name": "edge", "port": port, "sources": ["10.0.0.1"]}])
+
+
+def test_a_rule_without_a_name_is_refused():
+    with pytest.raises(AnsibleFilterError, match="firewall rule #1: name '' must be"):
+        firewall_rules([{"port": 80, "sources": ["10.0.0.1"]}])
+
+
+def test_a_bad_rule_is_named_by_its_place_in_the_list():
+    good = {"name": "ok", "port": 80, "sources": ["10.0.0.1"]}
+    with pytest.raises(AnsibleFilterError, match=r"^firewall rule #2 must be a mapping, got 'ssh'$"):
+        firewall_rules([good, "ssh"])
+    with pytest.raises(AnsibleFilterError, match=r"^firewall rule #3: name 'a b' must be"):
+        firewall_rules([good, dict(good, name="ok2"), dict(good, name="a b")])
+    with pytest.raises(AnsibleFilterError, match=r"^firewall rules must be a list, got dict$"):
+        firewall_rules({"name": "x"})
+
+
+def test_a_host_the_inventory_names_by_address_needs_no_hostvars():
+    assert host_address("10.0.0.9", {}) == "10.0.0.9"
