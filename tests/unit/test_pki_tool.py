@@ -368,6 +368,8 @@ def expected_fact(host: Host, info: dict) -> dict:
     return {
         "backend": "openbao",
         "name": NAME,
+        "base_dir": str(host.base),
+        "hooks_dir": str(host.hooks),
         "dir": current,
         "cert": f"{current}/cert.pem",
         "key": f"{current}/key.pem",

@@ -35,11 +35,13 @@ def decide(
 
 def fact_document(cfg: Config, info: dict) -> dict:
     """ansible_local.<name>: where consumers find the files (through `current`, so the paths stay
-    the same across renewals) and what the certificate is."""
+    the same across renewals), where their reload hooks go, and what the certificate is."""
     current = cfg.current
     return {
         "backend": cfg.backend,
         "name": cfg.name,
+        "base_dir": cfg.base_dir,
+        "hooks_dir": cfg.hooks_dir,
         "dir": current,
         "cert": f"{current}/cert.pem",
         "key": f"{current}/key.pem",

@@ -53,6 +53,9 @@ def test_key_is_ecdsa_p256(host):
 def test_local_fact_tells_consumers_where_everything_is(host):
     fact = json.loads(host.file("/etc/ansible/facts.d/pki.fact").content_string)
     assert fact["cert"] == f"{CURRENT}/cert.pem" and fact["key"] == f"{CURRENT}/key.pem"
+    # Consumers' defaults read the base directory, and drop their reload hooks where the tool runs them.
+    assert fact["base_dir"] == BASE and fact["hooks_dir"] == f"{BASE}/hooks.d"
+    assert host.file(fact["hooks_dir"]).is_directory
     serial = host.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial").split("=")[1]
     assert int(fact["serial"], 16) == int(serial, 16)
 
