@@ -1,5 +1,5 @@
 """The envoy role's configuration, from the inventory: a thin wrapper around the
-collection's envoy_servicemap and envoy_xds module_utils.
+collection's envoy_servicemap and envoy_render module_utils.
 
     _envoy_config: >-
       {{ envoy_services | sevenleague_envoy_config(hostvars, groups['all'], inventory_hostname, _envoy_settings,
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.sevenleague.platform.plugins.module_utils import envoy_servicemap, envoy_xds
+from ansible_collections.sevenleague.platform.plugins.module_utils import envoy_render, envoy_servicemap
 from ansible_collections.sevenleague.platform.plugins.module_utils.envoy_servicemap import EnvoyConfigError
 
 
@@ -33,16 +33,16 @@ def inventory_hosts(hostvars, names, addresses=None) -> dict:
 
 
 def envoy_config(services, hostvars, names, host, settings, addresses=None) -> dict:
-    """envoy_xds.envoy_config() for `host`, with every inventory host in `names`."""
+    """envoy_render.envoy_config() for `host`, with every inventory host in `names`."""
     try:
-        return envoy_xds.envoy_config(services, inventory_hosts(hostvars, names, addresses), host, settings)
+        return envoy_render.envoy_config(services, inventory_hosts(hostvars, names, addresses), host, settings)
     except EnvoyConfigError as exc:
         raise AnsibleFilterError(f"envoy: {exc}") from None
 
 
 def envoy_runtime(drained) -> dict:
     """The drain layer's file for the services in `drained`."""
-    return envoy_xds.runtime_document(drained)
+    return envoy_render.runtime_document(drained)
 
 
 def rollout(services, hostvars, names, service, addresses=None) -> dict:

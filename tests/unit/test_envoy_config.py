@@ -22,7 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ansible_collections.sevenleague.platform.plugins.module_utils import envoy_servicemap, envoy_validate, envoy_xds
+from ansible_collections.sevenleague.platform.plugins.module_utils import (
+    envoy_render,
+    envoy_servicemap,
+    envoy_validate,
+)
 from sevenleague_host import envoy_secrets as secrets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +92,7 @@ def settings(pki_dir="/etc/sevenleague/pki/current", **changes) -> dict:
 
 
 def config(host, services=None, hosts=None, **changes):
-    return envoy_xds.envoy_config(services or SERVICES, hosts or HOSTS, host, settings(**changes))
+    return envoy_render.envoy_config(services or SERVICES, hosts or HOSTS, host, settings(**changes))
 
 
 def listener(cfg, name):
@@ -502,7 +506,7 @@ def _with(service, **changes):
 )
 def test_a_broken_inventory_is_refused_before_envoy_sees_it(services, hosts, message):
     with pytest.raises(envoy_servicemap.EnvoyConfigError, match=message):
-        envoy_xds.envoy_config(services, hosts, APP1, settings())
+        envoy_render.envoy_config(services, hosts, APP1, settings())
 
 
 def test_a_broken_setting_is_refused():
@@ -698,7 +702,7 @@ def running_envoy(pki, tmp_path):
     xds, sds = tmp_path / "xds", tmp_path / "sds"
     xds.mkdir()
     sds.mkdir()
-    cfg = envoy_xds.envoy_config(
+    cfg = envoy_render.envoy_config(
         services,
         hosts,
         APP2,
@@ -707,7 +711,7 @@ def running_envoy(pki, tmp_path):
     envoy_validate.check_with_envoy(cfg["validation"], str(ENVOY))
     for kind in ("cds", "lds"):
         (xds / f"{kind}.yaml").write_text(json.dumps(cfg[kind]))
-    (xds / "rtds.yaml").write_text(json.dumps(envoy_xds.runtime_document([])))
+    (xds / "rtds.yaml").write_text(json.dumps(envoy_render.runtime_document([])))
     (tmp_path / "envoy.yaml").write_text(json.dumps(cfg["bootstrap"]))
     assert run_tool(base / "current", sds, admin).returncode == 0
     process = subprocess.Popen(
@@ -806,7 +810,7 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
     # Serving: the health check goes to the app (none runs here, so Envoy's own 503).
     status, body = _get_as(address["address"], address["port_value"], client, "/healthz")
     assert (status, "draining" in body) == (503, False)
-    write(envoy_xds.runtime_document(["greeter"]))
+    write(envoy_render.runtime_document(["greeter"]))
     deadline = time.monotonic() + 10
     while drained() != "100":
         assert time.monotonic() < deadline, "Envoy did not apply the drain layer"
@@ -815,7 +819,7 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
     # Other paths still reach the app: in-flight work and late requests are not refused.
     status, body = _get_as(address["address"], address["port_value"], client, "/hello")
     assert "draining" not in body
-    write(envoy_xds.runtime_document([]))
+    write(envoy_render.runtime_document([]))
     deadline = time.monotonic() + 10
     while drained() is not None:
         assert time.monotonic() < deadline, "Envoy did not apply the serving layer"
