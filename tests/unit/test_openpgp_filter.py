@@ -126,3 +126,16 @@ def test_what_is_not_a_v4_or_v6_public_key_is_refused_with_the_reason(data, mess
 def test_text_without_an_armoured_key_block_is_named():
     with pytest.raises(AnsibleFilterError, match="^openpgp_fingerprint: no ASCII-armoured public key block$"):
         openpgp_fingerprint("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n")
+
+
+def test_a_long_key_packet_is_read_to_its_last_octet_in_every_framing():
+    """A body of 600 octets needs the second octet of a two-octet length (RFC 4880 4.2.2.2); its v4
+    fingerprint is SHA-1 over 0x99, the two-octet length and the body (RFC 4880 12.2)."""
+    body = bytes([4]) + bytes(range(256)) * 2 + bytes(87)
+    expected = hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()
+    for header in (
+        bytes([0xC0 | PUBLIC_KEY]) + new_format_length(len(body), 2),
+        bytes([0xC0 | PUBLIC_KEY]) + new_format_length(len(body), 5),
+        bytes([0x80 | PUBLIC_KEY << 2 | 1]) + len(body).to_bytes(2, "big"),
+    ):
+        assert openpgp_fingerprint(armour(header + body + b"\xb4\x00")) == expected, header.hex()

@@ -149,11 +149,6 @@ def test_an_expired_certificate_is_reported_as_expired_before_anything_else(chai
     assert renew and reason.startswith("not valid before"), reason
 
 
-def test_an_unreadable_issuer_certificate_is_named(chain):
-    with pytest.raises(pki.PKIError, match="issuer certificate"):
-        pki.renewal_decision(pem(chain.leaf(new_key())), now=NOW, wanted_sans=[HOST], issuer_cert_pem="garbage")
-
-
 def test_every_missing_name_is_listed(chain):
     renew, reason = pki.renewal_decision(
         pem(chain.leaf(new_key())),
@@ -388,3 +383,85 @@ def test_a_csr_for_other_names_is_refused_with_what_it_adds_and_lacks(chain):
         f"it asks also for a.{DOMAIN}, b.{DOMAIN}; it lacks c.{DOMAIN}, d.{DOMAIN}; "
         f"create the CSR for exactly these names"
     )
+
+
+# --- what the refusals and reasons say -----------------------------------------------------------
+
+BROKEN_PEM = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+
+
+def test_an_unreadable_input_of_check_issued_is_named(chain):
+    key, cert = issued(chain)
+    checks = {
+        "issued certificate": {"cert_pem": BROKEN_PEM},
+        "CA chain": {"chain_pem": BROKEN_PEM},
+        "trust bundle": {"trust_pem": BROKEN_PEM},
+    }
+    for what, broken in checks.items():
+        arguments = {"cert_pem": pem(cert), "public_key": key.public_key(), "wanted_sans": [HOST], **broken}
+        with pytest.raises(pki.PKIError, match=f"^the {what} is not a PEM certificate"):
+            pki.check_issued(**arguments)
+
+
+def test_a_refusal_names_the_certificate_by_its_serial(chain):
+    _, cert = issued(chain)
+    serial = pki.serial_hex(cert.serial_number)
+    with pytest.raises(pki.PKIError, match=f"refusing certificate {serial}$"):
+        pki.check_issued(pem(cert), public_key=new_key().public_key(), wanted_sans=[HOST])
+
+
+def test_the_ttl_is_checked_only_against_a_request_time(chain):
+    key, cert = issued(chain, end=NOW + 600 * ONE)
+    pki.check_issued(pem(cert), public_key=key.public_key(), wanted_sans=[HOST], ttl=86400, asked_at=None)
+    pki.check_issued(pem(cert), public_key=key.public_key(), wanted_sans=[HOST], ttl=None, asked_at=NOW)
+
+
+def test_a_certificate_shortened_by_exactly_the_tolerance_passes(chain):
+    key, cert = issued(chain, end=NOW + 3600 * ONE - pki.TTL_TOLERANCE)
+    pki.check_issued(pem(cert), public_key=key.public_key(), wanted_sans=[HOST], ttl=3600, asked_at=NOW)
+
+
+def test_every_intermediate_of_the_chain_is_kept_in_order():
+    top = Chain()
+    sub_key = new_key()
+    year = datetime.timedelta(days=365)
+    sub = certificate(sub_key, top.key, subject="Sub", issuer="Int", start=NOW - year, end=NOW + year, ca=True)
+    key = new_key()
+    leaf = certificate(key, sub_key, subject=HOST, issuer="Sub", start=NOW - ONE, end=NOW + year, sans=[HOST])
+    _, chain_pem = pki.check_issued(
+        pem(leaf),
+        public_key=key.public_key(),
+        wanted_sans=[HOST],
+        chain_pem=pem(sub) + pem(top.intermediate) + pem(top.root),
+        trust_pem=pem(top.root),
+    )
+    assert chain_pem == pem(sub) + pem(top.intermediate)
+
+
+def test_a_certificate_under_the_issuers_name_but_not_its_signature_is_named(chain):
+    impostor = new_key()
+    cert = certificate(new_key(), impostor, subject=HOST, issuer="Int", start=NOW - ONE, end=NOW + 3600 * ONE)
+    assert pki.issuer_problem(cert, chain.intermediate) == (
+        "issuer changed: the signature does not verify with the current CA's key"
+    )
+
+
+def test_the_reasons_give_the_renewal_point_and_the_share_left_of_the_policy_in_use():
+    ahead = life(60, 1000)
+    renew, reason = pki.lifetime_decision(ahead, NOW, 0.9)
+    assert not renew and reason.endswith(f"renews after {pki.iso(NOW + 160 * ONE)}"), reason
+    cert = life(-195, 1000)  # 80.5 % left at NOW
+    assert pki.lifetime_decision(cert, NOW, 0.9) == (True, "80% of the lifetime left (renew below 90%)")
+
+
+def test_a_certificate_due_for_renewal_that_also_names_the_wrong_hosts_says_so(chain):
+    cert = chain.leaf(new_key(), start=NOW - 3000 * ONE, end=NOW + 600 * ONE)
+    renew, reason = pki.renewal_decision(
+        pem(cert), now=NOW, wanted_sans=[f"web.{DOMAIN}"], issuer_cert_pem=pem(chain.intermediate)
+    )
+    assert (renew, reason) == (True, f"SANs differ: missing web.{DOMAIN}; extra {HOST}")
+
+
+def test_an_unreadable_issuer_is_named_as_the_issuer_certificate(chain):
+    with pytest.raises(pki.PKIError, match="^the issuer certificate is not a PEM certificate"):
+        pki.renewal_decision(pem(chain.leaf(new_key())), now=NOW, wanted_sans=[HOST], issuer_cert_pem=BROKEN_PEM)
