@@ -19,7 +19,7 @@ APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap sl
                 chromium fonts-dejavu-core
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status bootstrap site lint test test-unit test-role test-system clean
+.PHONY: help deps apt-deps debs bench images lab-up lab-down lab-status bootstrap site lint test test-unit test-role test-system mutants clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ test-system: images ## a fresh lab, site.yml twice, then tests/system
 
 test: images ## everything: lint, unit, every role, system; ends with "N passed, N failed"
 	$(PY) tests/run.py all
+
+mutants: deps ## mutation testing (mutmut) of the PKI, Envoy RBAC/TLS, firewall and repository-pin code; not in make test
+	$(PY) tests/mutants.py
 
 bench: images ## time the package build, a fresh lab and two converges; appends to bench/RESULTS.md
 	$(PY) bench/run.py
