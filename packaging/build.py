@@ -105,6 +105,8 @@ def app_package(name: str, summary: str) -> Package:
         conffiles=[f"/etc/{name}/{name}.json"],
         user=name,
         sources=[f"apps/{name}", "apps/common", "apps/README.md", f"packaging/{name}"],
+        # 2: the sources were reformatted (ruff format); a published 1.1.0-1 keeps its bytes.
+        revision="2",
     )
 
 

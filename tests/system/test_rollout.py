@@ -42,8 +42,8 @@ all:
 """
 URL = "http://127.0.0.1:8080/?name=rollout"
 RATE = 220
-PINNED = "1.1.0-1"
-GOOD, BROKEN = "1.1.0+rollout1-1", "1.1.0+rollout2-1"
+PINNED = "1.1.0-2"
+GOOD, BROKEN = "1.1.0+rollout1-2", "1.1.0+rollout2-2"
 # Fixed timestamps, so a rerun on the same lab builds the same bytes and publishing them changes nothing.
 EPOCH = 1_780_000_000
 

@@ -41,9 +41,9 @@ def converge(services: dict) -> subprocess.CompletedProcess:
 
 
 SERVICES = {
-    "greeter": {"version": "1.1.0-1", "port": 8081, "mesh_port": 8443, "egress_port": 10001, "calls": []},
+    "greeter": {"version": "1.1.0-2", "port": 8081, "mesh_port": 8443, "egress_port": 10001, "calls": []},
     "frontend": {
-        "version": "1.1.0-1",
+        "version": "1.1.0-2",
         "port": 8080,
         "mesh_port": 8444,
         "egress_port": 10000,
@@ -55,7 +55,7 @@ SERVICES = {
 
 @pytest.mark.parametrize("name", ["greeter", "frontend"])
 def test_each_service_runs_its_pinned_version_and_is_healthy(host, name):
-    assert host.package(name).version == "1.1.0-1"
+    assert host.package(name).version == "1.1.0-2"
     assert host.service(name).is_running and host.service(name).is_enabled
     assert json.loads(host.check_output(f"curl -sf http://127.0.0.1:{SERVICES[name]['port']}/healthz")) == {
         "status": "ok"
@@ -79,12 +79,12 @@ def test_the_configuration_comes_from_the_service_map(host):
 def test_the_deployed_versions_are_a_fact_and_a_metric(host):
     fact = json.loads(host.file("/etc/ansible/facts.d/app.fact").content_string)
     assert fact == {
-        "frontend": {"package": "frontend", "version": "1.1.0-1"},
-        "greeter": {"package": "greeter", "version": "1.1.0-1"},
+        "frontend": {"package": "frontend", "version": "1.1.0-2"},
+        "greeter": {"package": "greeter", "version": "1.1.0-2"},
     }
     metric = host.file("/var/lib/prometheus/node-exporter/sevenleague_app.prom").content_string
-    assert 'sevenleague_app_version_info{service="greeter",version="1.1.0-1"} 1' in metric
-    assert 'sevenleague_app_version_info{service="frontend",version="1.1.0-1"} 1' in metric
+    assert 'sevenleague_app_version_info{service="greeter",version="1.1.0-2"} 1' in metric
+    assert 'sevenleague_app_version_info{service="frontend",version="1.1.0-2"} 1' in metric
 
 
 def test_a_configuration_the_app_refuses_is_not_installed(host):
