@@ -24,6 +24,7 @@ from ansible_collections.sevenleague.platform.plugins.module_utils.pki import (
     parse_sans,
     sans_of,
 )
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki_certs import sans_difference
 
 MIN_TTL = 60
 ACCEPTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -91,12 +92,7 @@ def sign_csr(
         raise PKIError("refusing to sign: " + "; ".join(problems))
     requested = set(sans_of(csr))
     if requested != set(wanted):
-        extra, missing = sorted(requested - set(wanted)), sorted(set(wanted) - requested)
-        detail = "; ".join(
-            part
-            for part in (extra and "it asks also for " + ", ".join(extra), missing and "it lacks " + ", ".join(missing))
-            if part
-        )
+        detail = sans_difference(requested, set(wanted))
         raise PKIError(
             f"the CSR's SANs ({', '.join(sorted(requested)) or 'none'}) differ from sans "
             f"({', '.join(sorted(wanted))}): {detail}; create the CSR for exactly these names"

@@ -30,9 +30,8 @@ def read_or_none(path: str) -> bytes | None:
         return None
 
 
-def write_new_file(path: str, data: bytes, mode: int, gid: int = -1) -> None:
-    """Create `path` (it must not exist) with its final group and mode before any byte is written."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def _fill(fd: int, data: bytes, mode: int, gid: int) -> None:
+    """Give the open file its group and mode, then its bytes, durably; closes it."""
     with os.fdopen(fd, "wb") as handle:
         if gid != -1:
             os.fchown(fd, -1, gid)
@@ -40,6 +39,11 @@ def write_new_file(path: str, data: bytes, mode: int, gid: int = -1) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(fd)
+
+
+def write_new_file(path: str, data: bytes, mode: int, gid: int = -1) -> None:
+    """Create `path` (it must not exist) with its final group and mode before any byte is written."""
+    _fill(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), data, mode, gid)
 
 
 def replace_file(path: str, data: bytes, mode: int, verify=None, gid: int = -1) -> None:
@@ -54,13 +58,7 @@ def replace_file(path: str, data: bytes, mode: int, verify=None, gid: int = -1) 
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            if gid != -1:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(fd)
+        _fill(fd, data, mode, gid)
         if verify is not None:
             verify(tmp)
         os.replace(tmp, path)

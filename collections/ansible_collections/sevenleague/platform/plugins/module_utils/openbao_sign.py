@@ -20,6 +20,7 @@ from ansible_collections.sevenleague.platform.plugins.module_utils.pki import (
     parse_sans,
     sans_of,
 )
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki_certs import sans_difference
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
@@ -86,12 +87,7 @@ def check_csr(csr_pem: str, common_name: str, wanted: list[str]):
     requested = set(sans_of(csr))
     # Even a CSR without SANs counts: with use_csr_sans OpenBao would drop alt_names and ip_sans.
     if requested | {normalize_san(common_name)} != set(wanted):
-        extra, missing = sorted(requested - set(wanted)), sorted(set(wanted) - requested - {normalize_san(common_name)})
-        detail = "; ".join(
-            part
-            for part in (extra and "it asks also for " + ", ".join(extra), missing and "it lacks " + ", ".join(missing))
-            if part
-        )
+        detail = sans_difference(requested, set(wanted), implied={normalize_san(common_name)})
         raise PKIError(
             f"the CSR's SANs ({', '.join(sorted(requested)) or 'none'}) differ from common_name, alt_names and "
             f"ip_sans ({', '.join(wanted)}): {detail}; create the CSR for exactly these names"

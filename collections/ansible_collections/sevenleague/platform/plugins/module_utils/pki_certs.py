@@ -165,6 +165,13 @@ def _in_domain(name: str, domain: str) -> bool:
     return name == domain or name.endswith("." + domain)
 
 
+def sans_difference(requested: set[str], wanted: set[str], implied: frozenset[str] | set[str] = frozenset()) -> str:
+    """What a CSR asks for beyond `wanted` and what it lacks (`implied` names count as present)."""
+    extra, missing = sorted(requested - wanted), sorted(wanted - requested - set(implied))
+    parts = (extra and "it asks also for " + ", ".join(extra), missing and "it lacks " + ", ".join(missing))
+    return "; ".join(part for part in parts if part)
+
+
 def check_sans_allowed(
     sans: list[str],
     allowed_domains: list[str],
