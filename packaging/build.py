@@ -294,8 +294,21 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
         # An identical file stays untouched, so callers can tell a real change.
         if target.exists() and filecmp.cmp(candidate, target, shallow=False):
             return target, False
-        shutil.move(candidate, target)
+        replace_atomically(candidate, target)
     return target, True
+
+
+def replace_atomically(source: Path, target: Path) -> None:
+    """Several test jobs share build/debs and may build the same package at once:
+    a reader sees the old file or the new one, never half of one."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
+        partial = Path(handle.name)
+    try:
+        shutil.copyfile(source, partial)
+        partial.chmod(0o644)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def source_date_epoch(pkg: Package) -> int:
@@ -360,7 +373,7 @@ def main() -> int:
         # Older builds of the same package would be published too: keep only this one.
         for stale in [*args.out.glob(f"{pkg.name}_*.deb"), *args.out.glob(f".{pkg.name}_*.deb.inputs")]:
             if stale.name not in (pkg.filename, f".{pkg.filename}.inputs"):
-                stale.unlink()
+                stale.unlink(missing_ok=True)
         # Skip the slow part (compressing 100-200 MB binaries) when nothing changed.
         stamp = args.out / f".{pkg.filename}.inputs"
         digest = inputs_digest(pkg, epoch)
@@ -369,7 +382,9 @@ def main() -> int:
             changed = False
         else:
             target, changed = build(pkg, args.out, epoch)
-            stamp.write_text(digest)
+            with tempfile.NamedTemporaryFile("w", dir=args.out, prefix=f"{stamp.name}.", delete=False) as handle:
+                handle.write(digest)
+            os.replace(handle.name, stamp)
         shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
         print(f"{'built' if changed else 'unchanged'} {shown}")
     return 0
