@@ -185,7 +185,7 @@ def test_requests_through_the_mesh_all_succeed_while_every_certificate_rotates(r
     assert load["rate"] >= 200 and load["ok"] >= 200 * 20, load
     for name in ("app1.sevenleague.test", "app2.sevenleague.test"):
         host = hosts[name]
-        served = json.loads(host.check_output("curl -sf http://127.0.0.1:9901/certs"))
+        served = json.loads(host.check_output("curl -sf --unix-socket /run/envoy/admin.sock http://localhost/certs"))
         chain = [c["serial_number"] for cert in served["certificates"] for c in cert.get("cert_chain", [])]
         assert chain and chain[0].lower().lstrip("0") == serial(host).lower().lstrip("0"), (name, chain)
 

@@ -270,7 +270,9 @@ def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published)
         stale = host.run(f"grep -rlIF -e {address} -e {APP3} /etc")
         assert stale.stdout.strip() == "", (name, stale.stdout)
         assert address not in host.check_output("nft list ruleset"), name
-    assert address not in published[APP1].check_output("curl -sf http://127.0.0.1:9901/clusters")
+    assert address not in published[APP1].check_output(
+        "curl -sf --unix-socket /run/envoy/admin.sock http://localhost/clusters"
+    )
     assert greeters(published[APP1], 20) == {APP2: 20}
     targets = json.loads(published[MONITOR].check_output("curl -sf http://127.0.0.1:9090/api/v1/targets"))
     assert not [t for t in targets["data"]["activeTargets"] if address in t["scrapeUrl"]]

@@ -8,11 +8,12 @@ import importlib.metadata
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def settings(pki_dir="/etc/sevenleague/pki/current", **changes) -> dict:
     """What the role's vars/main.yml hands the generator, from the role's own defaults."""
     defaults = role_defaults()
     out = {
-        "admin_port": defaults["envoy_admin_port"],
+        "admin_socket": defaults["envoy_admin_socket"],
         "metrics_port": defaults["envoy_metrics_port"],
         "metrics_callers": [MON1],
         "xds_dir": "/etc/envoy/xds",
@@ -312,7 +313,15 @@ def test_listeners_bind_where_they_should_with_the_prefixes_the_slo_rules_read()
         "port_value": 10001,
     }
     assert listener(app2, "metrics")["address"]["socket_address"] == {"address": "10.213.7.22", "port_value": 9902}
-    assert app2["bootstrap"]["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    # The admin interface is a root-only unix socket, and the metrics listener reaches it there.
+    assert app2["bootstrap"]["admin"]["address"] == {"pipe": {"path": "/run/envoy/admin.sock", "mode": 0o600}}
+    assert cluster(app2, "admin")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": "/run/envoy/admin.sock"}
+    }
+    assert not any(
+        "socket_address" in resource["address"] and resource["address"]["socket_address"]["port_value"] == 9901
+        for resource in app2["lds"]["resources"]
+    )
     assert hcm(listener(app2, "inbound_greeter"))["stat_prefix"] == "inbound_greeter"
     assert hcm(listener(app1, "outbound_greeter"))["stat_prefix"] == "outbound_greeter"
     for cfg in (app1, app2):
@@ -465,7 +474,7 @@ def _with(service, **changes):
             r"port 10001 is used twice, by sevenleague_services\.frontend\.mesh_port and by sevenleague_services\.greeter\."
             r"egress_port",
         ),
-        (_with("greeter", mesh_port=9901), HOSTS, r"port 9901 is used twice, by envoy_admin_port"),
+        (_with("greeter", mesh_port=9902), HOSTS, r"port 9902 is used twice, by envoy_metrics_port"),
         (_with("greeter", mesh_port=443), HOSTS, r"greeter\.mesh_port must be a TCP port from 1024"),
         (_with("greeter", egress_port=None), HOSTS, r"greeter\.egress_port is required: frontend calls greeter"),
         (
@@ -564,13 +573,21 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(pki, ca, tmp_path)
 # --- the SDS secrets tool ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def admin_socket():
+    """A path for Envoy's admin socket, in a fresh folder: short, as sun_path holds 107 bytes."""
+    folder = tempfile.mkdtemp(prefix="sl-admin-")
+    yield os.path.join(folder, "admin.sock")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run_tool(pki_dir, sds_dir, admin_port, *extra, env=None, timeout=30):
+def run_tool(pki_dir, sds_dir, admin_socket, *extra, env=None, timeout=30):
     group = grp.getgrgid(os.getegid()).gr_name
     return subprocess.run(
         [
@@ -583,8 +600,8 @@ def run_tool(pki_dir, sds_dir, admin_port, *extra, env=None, timeout=30):
             str(sds_dir),
             "--group",
             group,
-            "--admin-port",
-            str(admin_port),
+            "--admin-socket",
+            str(admin_socket),
             *extra,
         ],
         capture_output=True,
@@ -594,11 +611,11 @@ def run_tool(pki_dir, sds_dir, admin_port, *extra, env=None, timeout=30):
     )
 
 
-def test_the_tool_writes_both_secrets_with_certificate_chain_and_key_together(pki, tmp_path):
+def test_the_tool_writes_both_secrets_with_certificate_chain_and_key_together(pki, tmp_path, admin_socket):
     base, serial = pki
     sds = tmp_path / "sds"
     sds.mkdir()
-    result = run_tool(base / "current", sds, free_port())
+    result = run_tool(base / "current", sds, admin_socket)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("updated ca.yaml host.yaml;")
     release = base / "current"
@@ -648,33 +665,33 @@ def test_the_tool_renames_complete_files_into_place_and_leaves_equal_ones_alone(
     assert renames == ["ca.yaml", "host.yaml"] and (sds / "host.yaml").stat().st_ino == inode
 
 
-def test_the_tool_check_mode_changes_nothing(pki, tmp_path):
+def test_the_tool_check_mode_changes_nothing(pki, tmp_path, admin_socket):
     base, _ = pki
     sds = tmp_path / "sds"
     sds.mkdir()
-    result = run_tool(base / "current", sds, free_port(), "--check")
+    result = run_tool(base / "current", sds, admin_socket, "--check")
     assert (result.returncode, result.stdout.strip()) == (0, "would update ca.yaml host.yaml")
     assert list(sds.iterdir()) == []
 
 
-def test_without_envoy_running_the_tool_does_not_wait(pki, tmp_path):
+def test_without_envoy_running_the_tool_does_not_wait(pki, tmp_path, admin_socket):
     base, _ = pki
     sds = tmp_path / "sds"
     sds.mkdir()
     started = time.monotonic()
-    result = run_tool(base / "current", sds, free_port(), "--timeout", "30")
+    result = run_tool(base / "current", sds, admin_socket, "--timeout", "30")
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("Envoy not running")
     assert time.monotonic() - started < 10
 
 
-def test_the_tool_refuses_a_release_without_its_intermediate(pki, tmp_path):
+def test_the_tool_refuses_a_release_without_its_intermediate(pki, tmp_path, admin_socket):
     base, _ = pki
     release = base / "current"
     (release / "fullchain.pem").write_text((release / "cert.pem").read_text())
     sds = tmp_path / "sds"
     sds.mkdir()
-    result = run_tool(release, sds, free_port())
+    result = run_tool(release, sds, admin_socket)
     assert result.returncode == 1
     assert "fullchain.pem must hold the certificate and its intermediate" in result.stderr
     assert list(sds.iterdir()) == []
@@ -686,10 +703,10 @@ def test_the_serial_is_read_as_envoy_and_the_pki_tool_print_it(pki):
 
 
 @pytest.fixture
-def running_envoy(pki, tmp_path):
+def running_envoy(pki, tmp_path, admin_socket):
     """app2's Envoy on 127.0.0.22 with the generated configuration, its secrets written by the tool."""
     base, _ = pki
-    admin = free_port()
+    admin = admin_socket
     services = {
         "greeter": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port()},
         "frontend": {"port": free_port(), "mesh_port": free_port(), "egress_port": free_port(), "calls": ["greeter"]},
@@ -706,7 +723,7 @@ def running_envoy(pki, tmp_path):
         services,
         hosts,
         APP2,
-        settings(base / "current", admin_port=admin, metrics_port=free_port(), xds_dir=str(xds), sds_dir=str(sds)),
+        settings(base / "current", admin_socket=admin, metrics_port=free_port(), xds_dir=str(xds), sds_dir=str(sds)),
     )
     envoy_validate.check_with_envoy(cfg["validation"], str(ENVOY))
     for kind in ("cds", "lds"):
@@ -731,10 +748,9 @@ def running_envoy(pki, tmp_path):
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
+            if secrets.admin_get(admin, "/ready", timeout=1) is not None:
+                break
+        except secrets.Failure:
             pass
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "Envoy did not become ready"
@@ -747,8 +763,8 @@ def running_envoy(pki, tmp_path):
 @needs_envoy
 def test_envoy_applies_the_files_and_serves_a_renewed_certificate_once_the_tool_has_run(running_envoy, ca):
     base, sds, admin, cfg = running_envoy
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?format=json&filter=version_text") as answer:
-        versions = {s["name"]: s["value"] for s in json.load(answer)["stats"]}
+    answer = secrets.admin_get(admin, "/stats?format=json&filter=version_text")
+    versions = {s["name"]: s["value"] for s in json.loads(answer)["stats"]}
     assert versions["listener_manager.lds.version_text"] == cfg["lds"]["version_info"]
     assert versions["cluster_manager.cds.version_text"] == cfg["cds"]["version_info"]
     old = secrets.served_serials(admin)
@@ -798,8 +814,7 @@ def test_the_drain_layer_fails_only_callers_health_checks_and_is_applied_live(ru
     client = caller / "current"
 
     def drained():
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/runtime") as answer:
-            entries = json.load(answer)["entries"]
+        entries = json.loads(secrets.admin_get(admin, "/runtime"))["entries"]
         return entries.get("sevenleague.drain.greeter", {}).get("final_value")
 
     def write(document):

@@ -1,7 +1,7 @@
 """Hand the host's certificate to Envoy, and check that Envoy serves it.
 
     sevenleague-envoy-secrets [--pki-dir DIR] [--sds-dir DIR] [--group NAME]
-                              [--admin-port PORT] [--timeout SECONDS] [--check]
+                              [--admin-socket PATH] [--timeout SECONDS] [--check]
 
 Reads the pki role's current certificate (fullchain.pem, key.pem and the trust bundle
 ca.pem) and writes Envoy's two file-based SDS secrets: SDS_DIR/ca.yaml (the trust bundle)
@@ -11,11 +11,11 @@ same directory and renamed over the old one (mode 0640, root and GROUP): Envoy w
 directory for renames and reloads the secrets without a restart. The content is JSON, which
 Envoy's YAML reader takes as it is. A file already holding the same content is left alone.
 
-Then, when Envoy's admin interface answers on 127.0.0.1:PORT, it asks /certs until every
-certificate Envoy serves has the new serial, and fails (exit 1) with the serial still served
-after TIMEOUT seconds: Envoy has been seen to keep an old certificate after a file change
-(envoy issue 39498). When nothing listens there, Envoy is not running and reads the files
-when it starts: nothing to wait for.
+Then, when Envoy's admin interface answers on its unix socket PATH (root only), it asks /certs
+until every certificate Envoy serves has the new serial, and fails (exit 1) with the serial
+still served after TIMEOUT seconds: Envoy has been seen to keep an old certificate after a file
+change (envoy issue 39498). When the socket is missing or nothing listens on it, Envoy is not
+running and reads the files when it starts: nothing to wait for.
 
 The pki role runs it as the hook hooks.d/70-envoy after every switch to a new certificate
 (SEVENLEAGUE_PKI_DIR, SEVENLEAGUE_PKI_SERIAL), and the envoy role at every converge. Prints
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import grp
+import http.client
 import json
 import os
 import re
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 
 from cryptography import x509
 
@@ -148,18 +148,50 @@ def install(sds_dir: str, docs: dict[str, str], group: str, check: bool) -> list
 # --- Envoy ---------------------------------------------------------------------------------
 
 
-def served_serials(admin_port: int) -> list[str] | None:
-    """Serials of every certificate chain Envoy serves, or None when its admin interface does not answer."""
-    url = f"http://127.0.0.1:{admin_port}/certs"
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: Envoy's admin interface."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def admin_get(admin_socket: str, path: str, timeout: float = 5) -> bytes | None:
+    """The body of GET path from Envoy's admin interface, or None when Envoy does not listen there."""
+    where = f"{admin_socket} {path}"
+    conn = _UnixConnection(admin_socket, timeout)
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            data = json.load(answer)
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ConnectionRefusedError):
-            return None
-        raise Failure(f"{url}: {exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise Failure(f"{url}: {exc}") from None
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+    except (FileNotFoundError, ConnectionRefusedError):
+        # No socket (the unit's runtime directory goes with Envoy), or one left by a dead Envoy.
+        return None
+    except PermissionError:
+        raise Failure(f"{where}: permission denied (the admin socket is root's)") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise Failure(f"{where}: {exc}") from None
+    finally:
+        conn.close()
+    if answer.status != 200:
+        raise Failure(f"{where}: HTTP {answer.status}")
+    return body
+
+
+def served_serials(admin_socket: str) -> list[str] | None:
+    """Serials of every certificate chain Envoy serves, or None when its admin interface does not answer."""
+    body = admin_get(admin_socket, "/certs")
+    if body is None:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise Failure(f"{admin_socket} /certs: {exc}") from None
     serials = []
     for context in data.get("certificates") or []:
         for cert in context.get("cert_chain") or []:
@@ -168,13 +200,13 @@ def served_serials(admin_port: int) -> list[str] | None:
     return serials
 
 
-def wait_for_serial(admin_port: int, serial: str, timeout: float, interval: float = 0.5) -> str:
+def wait_for_serial(admin_socket: str, serial: str, timeout: float, interval: float = 0.5) -> str:
     """'not running', or 'serving' once every chain Envoy serves has the serial; Failure after timeout."""
     want = serial.lower().lstrip("0")
     deadline = time.monotonic() + timeout
     seen: list[str] | None = []
     while True:
-        seen = served_serials(admin_port)
+        seen = served_serials(admin_socket)
         if seen is None:
             return "not running"
         if seen and all(s == want for s in seen):
@@ -197,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pki-dir", default=os.environ.get("SEVENLEAGUE_PKI_DIR", "/etc/sevenleague/pki/current"))
     parser.add_argument("--sds-dir", default="/etc/envoy/sds")
     parser.add_argument("--group", default="envoy")
-    parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument("--admin-socket", default="/run/envoy/admin.sock")
     parser.add_argument("--timeout", type=float, default=30)
     parser.add_argument("--check", action="store_true", help="say what would change, change nothing")
     args = parser.parse_args(argv)
@@ -211,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             print(f"would update {' '.join(changed)}" if changed else "up to date")
             return 0
-        state = wait_for_serial(args.admin_port, identity["serial"], args.timeout)
+        state = wait_for_serial(args.admin_socket, identity["serial"], args.timeout)
     except Failure as exc:
         print(f"sevenleague-envoy-secrets: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """frontend reaches greeter through both Envoys over mutual TLS; a caller without a certificate, with
-another CA's, or not allowed by the service map is refused; Prometheus's host scrapes the stats;
+another CA's, or not allowed by the service map is refused; a local user cannot use Envoy's admin interface,
+and Envoy comes back after a clean exit; Prometheus's host scrapes the stats;
 a certificate rotation of both hosts under load fails no request and Envoy serves the new serial."""
 
 import json
@@ -14,6 +15,9 @@ import testinfra
 CALLEE, CALLER = "sl-molecule-envoy-greeter", "sl-molecule-envoy-frontend"
 CURRENT = "/etc/sevenleague/pki/current"
 SCENARIO = Path(__file__).resolve().parents[1]
+# Envoy's admin interface (envoy_admin_socket), and a local user without any rights.
+ADMIN = "/run/envoy/admin.sock"
+AS_NOBODY = "runuser -u nobody --"
 # curl with the host's own identity, the way another Envoy would call.
 MTLS = f"--cert {CURRENT}/fullchain.pem --key {CURRENT}/key.pem --cacert {CURRENT}/ca.pem"
 
@@ -99,10 +103,79 @@ def test_a_host_the_service_map_does_not_allow_gets_403(callee, caller):
     assert https(caller, (CALLEE, address(callee)), 8443, "/hello") == (0, "200")
 
 
-def test_admin_listens_on_loopback_only(callee):
-    listening = callee.check_output("ss -Hltn")
-    assert "127.0.0.1:9901 " in listening
-    assert f"{address(callee)}:9901 " not in listening and "*:9901 " not in listening
+def admin(host, path: str, options: str = "") -> str:
+    """GET (or what `options` say) path on the host's Envoy admin socket, as root."""
+    return host.check_output(f"curl -sf --max-time 5 {options} --unix-socket {ADMIN} http://localhost{path}")
+
+
+def envoy_pid(host) -> str:
+    return host.check_output("systemctl show -P MainPID envoy")
+
+
+def tcp_listeners(host) -> list[str]:
+    """host:port of every listening TCP socket, wildcards as loopback: where a local user could connect."""
+    out = []
+    for line in host.check_output("ss -Hltn").splitlines():
+        local = line.split()[3]
+        addr, port = local.rsplit(":", 1)
+        addr = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(addr, addr.split("%")[0])
+        out.append(f"{addr}:{port}")
+    return out
+
+
+def test_a_local_user_can_neither_read_nor_drain_nor_stop_envoy(callee, caller):
+    for host in (callee, caller):
+        pid = envoy_pid(host)
+        assert admin(host, "/ready").strip() == "LIVE"
+        # The socket: 0600 in the envoy user's 0750 runtime directory, so nobody cannot even reach it.
+        assert host.file(ADMIN).is_socket and host.file(ADMIN).mode == 0o600
+        assert (host.file("/run/envoy").user, host.file("/run/envoy").mode) == ("envoy", 0o750)
+        for path, method in (("/ready", "GET"), ("/healthcheck/fail", "POST"), ("/quitquitquit", "POST")):
+            attempt = host.run(
+                f"{AS_NOBODY} curl -s --max-time 5 -X {method} --unix-socket {ADMIN} http://localhost{path}"
+            )
+            assert attempt.rc != 0 and attempt.stdout == "", (path, attempt.rc, attempt.stdout)
+        # Nor through TCP: 9901 is gone, and no listener of the host serves the admin pages.
+        listeners = tcp_listeners(host)
+        assert listeners and not [where for where in listeners if where.endswith(":9901")], listeners
+        for where in listeners:
+            info = host.run(f"{AS_NOBODY} curl -s --max-time 3 http://{where}/server_info")
+            assert "command_line_options" not in info.stdout, where
+            host.run(f"{AS_NOBODY} curl -s --max-time 3 -X POST http://{where}/healthcheck/fail")
+            host.run(f"{AS_NOBODY} curl -s --max-time 3 -X POST http://{where}/quitquitquit")
+        # Envoy did not stop, and does not fail its health checks.
+        assert envoy_pid(host) == pid
+        assert json.loads(admin(host, "/server_info"))["state"] == "LIVE"
+
+
+def test_envoy_comes_back_after_a_clean_exit(callee, caller):
+    pid = envoy_pid(callee)
+    try:
+        admin(callee, "/quitquitquit", options="-X POST")
+        # Envoy exits 0, and the unit (Restart=always) starts it again: poll until it answers.
+        deadline = time.monotonic() + 30
+        while True:
+            ready = callee.run(f"curl -sf --max-time 2 --unix-socket {ADMIN} http://localhost/ready")
+            now = envoy_pid(callee)
+            if ready.rc == 0 and ready.stdout.strip() == "LIVE" and now not in ("0", pid):
+                break
+            assert time.monotonic() < deadline, (callee.run("systemctl status envoy").stdout, ready.stdout)
+            time.sleep(0.5)
+        assert callee.service("envoy").is_running
+    finally:
+        # Whatever happened, leave Envoy running for the tests that follow.
+        callee.run("systemctl start envoy")
+        deadline = time.monotonic() + 30
+        while callee.run(f"curl -sf --max-time 2 --unix-socket {ADMIN} http://localhost/ready").rc != 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    # It serves the mesh again: frontend reaches greeter once the caller's health check finds it.
+    assert json.loads(admin(callee, "/server_info"))["state"] == "LIVE"
+    deadline = time.monotonic() + 30
+    while caller.run("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=back'").rc != 0:
+        assert time.monotonic() < deadline, "frontend does not reach greeter after its Envoy came back"
+        time.sleep(0.5)
 
 
 def test_stats_are_served_to_the_monitoring_hosts_only(callee, caller):
@@ -111,13 +184,13 @@ def test_stats_are_served_to_the_monitoring_hosts_only(callee, caller):
         f"curl -sf --max-time 5 --resolve {CALLEE}:9902:{target[1]} {MTLS} https://{CALLEE}:9902/stats/prometheus"
     )
     assert 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="inbound_greeter"}' in text
-    # The admin interface's other pages stay on loopback.
+    # Nothing else of the admin interface is served there.
     assert https(caller, target, 9902, "/certs") == (0, "404")
     assert https(callee, target, 9902, "/stats/prometheus") == (0, "403")
 
 
 def envoy_serial(host) -> str:
-    certs = json.loads(host.check_output("curl -sf http://127.0.0.1:9901/certs"))
+    certs = json.loads(admin(host, "/certs"))
     chains = [c["serial_number"] for cert in certs["certificates"] for c in cert.get("cert_chain", [])]
     return chains[0].lower().lstrip("0")
 

@@ -285,7 +285,8 @@ def _upstream_cluster(item: dict, p: dict) -> dict:
 
 
 def _local_cluster(item: dict, p: dict) -> dict:
-    cluster = _static_cluster(f"local_{item['service']}", "127.0.0.1", item["port"], p["settings"], item["resilience"])
+    app = {"socket_address": {"address": "127.0.0.1", "port_value": item["port"]}}
+    cluster = _static_cluster(f"local_{item['service']}", app, p["settings"], item["resilience"])
     cluster["circuit_breakers"] = _circuit_breakers(item["resilience"])
     # Its only retries re-send, once, what never reached the app on the loopback (a burst of refused
     # connections): no budget to hold them back below the requests themselves.
@@ -308,7 +309,8 @@ def _bootstrap(p: dict) -> dict:
     return {
         "node": {"id": p["host"], "cluster": settings["node_cluster"]},
         "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": settings["admin_port"]}},
+            # A unix socket only root (and Envoy) can open: the admin interface can drain and stop Envoy.
+            "address": {"pipe": {"path": settings["admin_socket"], "mode": 0o600}},
             # The certificate check of the pki hook and the drain before a restart must get through a flood.
             "ignore_global_conn_limit": True,
         },
@@ -374,10 +376,10 @@ def envoy_config(services, hosts, host: str, settings) -> dict:
     listeners.append(_metrics_listener(p))
     clusters = [_local_cluster(item, p) for item in p["inbound"]]
     clusters += [_upstream_cluster(item, p) for item in p["upstreams"]]
-    admin = _static_cluster(
-        "admin", "127.0.0.1", p["settings"]["admin_port"], p["settings"], p["settings"]["resilience"]
-    )
-    clusters.append(admin)
+    # The metrics listener's way to /stats/prometheus: Envoy's own admin socket.
+    # The metrics listener reaches /stats/prometheus through Envoy's own admin socket.
+    admin = {"pipe": {"path": p["settings"]["admin_socket"]}}
+    clusters.append(_static_cluster("admin", admin, p["settings"], p["settings"]["resilience"]))
     config = {
         "bootstrap": _bootstrap(p),
         "lds": _discovery(listeners),

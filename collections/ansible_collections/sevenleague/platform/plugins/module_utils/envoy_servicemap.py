@@ -61,7 +61,7 @@ RETRY_ON = {
 }
 
 SETTINGS_KEYS = {
-    "admin_port",
+    "admin_socket",
     "metrics_port",
     "metrics_callers",
     "xds_dir",
@@ -85,6 +85,8 @@ _HOST_NAME = re.compile(
 _PATH = re.compile(r"^/[A-Za-z0-9._~/%-]*$")
 # Envoy runs as its own user with no capabilities: it cannot bind privileged ports.
 _LOWEST_PORT = 1024
+# sun_path holds 108 bytes, the last a NUL.
+_MAX_SOCKET_PATH = 107
 _MAX_UINT32 = 2**32 - 1
 
 
@@ -198,7 +200,7 @@ def check_services(services) -> dict:
 def _check_unique_ports(services: dict, settings: dict) -> None:
     """Every port of the map and of Envoy itself used once, so no two listeners or apps can collide on a host."""
     seen: dict[int, str] = {}
-    used = [(settings["admin_port"], "envoy_admin_port"), (settings["metrics_port"], "envoy_metrics_port")]
+    used = [(settings["metrics_port"], "envoy_metrics_port")]
     for name, spec in sorted(services.items()):
         for key in ("port", "mesh_port", "egress_port"):
             if spec[key] is not None:
@@ -207,7 +209,7 @@ def _check_unique_ports(services: dict, settings: dict) -> None:
         if port in seen:
             raise EnvoyConfigError(
                 f"port {port} is used twice, by {seen[port]} and by {where}: every port of "
-                "sevenleague_services, envoy_admin_port and envoy_metrics_port must differ"
+                "sevenleague_services and envoy_metrics_port must differ"
             )
         seen[port] = where
 
@@ -223,7 +225,11 @@ def _check_settings(settings) -> dict:
             f"{', '.join(unknown) or 'nothing'}"
         )
     out = dict(settings)
-    out["admin_port"] = _check_port("envoy_admin_port", settings["admin_port"], _LOWEST_PORT)
+    admin = settings["admin_socket"]
+    if not isinstance(admin, str) or not _PATH.match(admin) or len(admin.encode()) > _MAX_SOCKET_PATH:
+        raise EnvoyConfigError(
+            f"envoy_admin_socket must be an absolute path of at most {_MAX_SOCKET_PATH} bytes, not {admin!r}"
+        )
     out["metrics_port"] = _check_port("envoy_metrics_port", settings["metrics_port"], _LOWEST_PORT)
     for key, lowest in (
         ("max_heap_bytes", 64 * 2**20),

@@ -205,7 +205,8 @@ def _hcm(stat_prefix: str, route_config: dict, http_filters: list[dict], access_
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
 
 
-def _static_cluster(name: str, address: str, port: int, settings: dict, resilience: dict, http2: bool = False) -> dict:
+def _static_cluster(name: str, address: dict, settings: dict, resilience: dict, http2: bool = False) -> dict:
+    """One endpoint at `address`, an Envoy address: a socket_address or a pipe."""
     cluster = {
         "@type": _type("envoy.config.cluster.v3.Cluster"),
         "name": name,
@@ -214,13 +215,7 @@ def _static_cluster(name: str, address: str, port: int, settings: dict, resilien
         "per_connection_buffer_limit_bytes": settings["buffer_limit_bytes"],
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
-                    ]
-                }
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
     if not http2:
