@@ -3,7 +3,10 @@
 The apt_client role pins the internal repository's signing key by this
 fingerprint: a key that differs from the recorded one stops the run, so a
 repository host that lost its GnuPG home (and made a new key) is noticed,
-not silently trusted. Pure Python, so the controller needs no GnuPG for it.
+not silently trusted. The block must hold that one key and nothing else that
+can sign: apt accepts a signature by any key or subkey of the keyring file, so
+a second key or a subkey riding along the pinned one would be trusted too.
+Pure Python, so the controller needs no GnuPG for it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,24 @@ import hashlib
 from ansible.errors import AnsibleFilterError
 
 _PUBLIC_KEY_TAG = 6
+_PUBLIC_SUBKEY_TAG = 14
+
+
+def _packets(data: bytes):
+    """(tag, body) of every packet of a key block, in order."""
+    while data:
+        tag, body, size = _packet(data)
+        yield tag, body
+        data = data[size:]
 
 
 def _first_packet(data: bytes) -> tuple[int, bytes]:
-    """(tag, body) of the first OpenPGP packet (RFC 4880 4.2: old and new formats)."""
+    tag, body, _ = _packet(data)
+    return tag, body
+
+
+def _packet(data: bytes) -> tuple[int, bytes, int]:
+    """(tag, body, octets taken) of the first OpenPGP packet (RFC 4880 4.2: old and new formats)."""
     if not data or not data[0] & 0x80:
         raise ValueError("not an OpenPGP packet")
     header = data[0]
@@ -40,7 +57,7 @@ def _first_packet(data: bytes) -> tuple[int, bytes]:
     body = data[start : start + length]
     if len(body) != length:
         raise ValueError("the packet is truncated")
-    return tag, body
+    return tag, body, start + length
 
 
 def dearmor(armored: str) -> bytes:
@@ -60,11 +77,18 @@ def dearmor(armored: str) -> bytes:
 def openpgp_fingerprint(armored: str) -> str:
     """Upper-case hex fingerprint of the primary key, as `gpg --with-colons` prints it (v4 and v6)."""
     try:
-        tag, body = _first_packet(dearmor(armored))
+        data = dearmor(armored)
+        tag, body = _first_packet(data)
+        if tag != _PUBLIC_KEY_TAG or not body:
+            raise ValueError(f"the first packet is not a public key (tag {tag})")
+        keys = sum(1 for tag, _ in _packets(data) if tag in (_PUBLIC_KEY_TAG, _PUBLIC_SUBKEY_TAG))
     except (ValueError, IndexError, base64.binascii.Error) as exc:
         raise AnsibleFilterError(f"openpgp_fingerprint: {exc}") from None
-    if tag != _PUBLIC_KEY_TAG or not body:
-        raise AnsibleFilterError(f"openpgp_fingerprint: the first packet is not a public key (tag {tag})")
+    if keys != 1:
+        raise AnsibleFilterError(
+            f"openpgp_fingerprint: the block holds {keys} keys and subkeys; the repository's key must be"
+            " alone in it, with no subkey"
+        )
     version = body[0]
     if version == 4:
         return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()

@@ -1,5 +1,6 @@
 """The baseline layer on every lab host, as a user relies on it."""
 
+import base64
 import json
 import socket
 import subprocess
@@ -58,32 +59,54 @@ def test_wrong_variable_type_fails_before_any_host_changes(converged, extra, mes
     assert "PLAY [Baseline for every host]" not in run.output
 
 
+REPO = "repo1.sevenleague.test"
+REPO_FACT = "/etc/ansible/facts.d/apt_repo.fact"
+
+
 def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path):
-    """The repository key is pinned on the controller at the first converge: another key (what a
-    repository host that lost its GnuPG home would publish) stops the run and changes nothing."""
-    pin = ROOT / "inventories" / "lab" / ".apt" / "sevenleague.fingerprint"
-    assert len(pin.read_text().strip()) == 40
-    app1 = hosts["app1.sevenleague.test"]
+    """The repository is recorded on the controller at the first converge, and its key pinned: a
+    repository host that reports another key (one that lost its GnuPG home, or a rooted one that
+    made its own) stops the run and changes nothing; no host takes the key from its word."""
+    record = json.loads((ROOT / "inventories" / "lab" / ".apt" / "sevenleague.json").read_text())
+    assert len(record["fingerprint"]) == 40 and record["url"].startswith("http://")
+    app1, repo = hosts["app1.sevenleague.test"], hosts[REPO]
     keyring_before = app1.file("/etc/apt/keyrings/sevenleague.asc").content_string
-    stranger = app1.run(
+    original = repo.check_output(f"base64 -w0 {REPO_FACT}")
+    stranger = repo.run(
         "export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key "
         "stranger ed25519 sign 0 2>/dev/null && gpg --armor --export stranger && rm -rf $GNUPGHOME"
     )
     assert stranger.rc == 0, stranger.stderr
-    extra = tmp_path / "stranger.json"
-    extra.write_text(json.dumps({"apt_client_key": stranger.stdout}))
-    run = ansible_playbook(
-        "playbooks/baseline.yml",
-        "--limit",
-        "app1.sevenleague.test",
-        "--tags",
-        "apt_client",
-        "-e",
-        f"@{extra}",
-        log="baseline-new-repo-key.log",
-    )
+    fact = json.loads(base64.b64decode(original))
+    fact["public_key"] = stranger.stdout
+    forged = base64.b64encode(json.dumps(fact).encode()).decode()
+    # Facts gathered in this run, not the controller's cache: what repo1 says now.
+    fresh = {"ANSIBLE_GATHERING": "implicit"}
+    try:
+        repo.check_output(f"echo {forged} | base64 -d > {REPO_FACT}")
+        run = ansible_playbook(
+            "playbooks/baseline.yml",
+            "--limit",
+            f"app1.sevenleague.test,{REPO}",
+            "--tags",
+            "apt_client",
+            log="baseline-new-repo-key.log",
+            env=fresh,
+        )
+    finally:
+        repo.check_output(f"echo {original} | base64 -d > {REPO_FACT}")
+        # The controller's fact cache holds repo1's forged word now: gather it again.
+        ansible_playbook(
+            "playbooks/baseline.yml",
+            "--limit",
+            REPO,
+            "--tags",
+            "apt_client",
+            log="baseline-repo-key-back.log",
+            env=fresh,
+        )
     assert run.rc != 0
-    assert "The internal repository's key changed" in run.output and pin.read_text().strip() in run.output
+    assert "The internal repository's key changed" in run.output and record["fingerprint"] in run.output
     assert run.recap["app1.sevenleague.test"]["changed"] == 0
     assert app1.file("/etc/apt/keyrings/sevenleague.asc").content_string == keyring_before
 

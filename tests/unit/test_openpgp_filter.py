@@ -139,3 +139,19 @@ def test_a_long_key_packet_is_read_to_its_last_octet_in_every_framing():
         bytes([0x80 | PUBLIC_KEY << 2 | 1]) + len(body).to_bytes(2, "big"),
     ):
         assert openpgp_fingerprint(armour(header + body + b"\xb4\x00")) == expected, header.hex()
+
+
+def test_a_block_with_a_second_key_or_a_subkey_is_refused(gnupg):
+    """apt trusts every key and subkey of the keyring file: one more in the pinned block would sign too."""
+    gnupg("--passphrase", "", "--quick-generate-key", "alone", "ed25519", "sign", "0")
+    gnupg("--passphrase", "", "--quick-generate-key", "intruder", "ed25519", "sign", "0")
+    alone = gnupg("--armor", "--export", "alone").stdout
+    openpgp_fingerprint(alone)
+    both = gnupg("--armor", "--export", "alone", "intruder").stdout
+    with pytest.raises(AnsibleFilterError, match="the block holds 2 keys and subkeys"):
+        openpgp_fingerprint(both)
+    listed = gnupg("--with-colons", "--list-keys", "alone").stdout
+    primary = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+    gnupg("--passphrase", "", "--quick-add-key", primary, "ed25519", "sign", "0")
+    with pytest.raises(AnsibleFilterError, match="the block holds 2 keys and subkeys"):
+        openpgp_fingerprint(gnupg("--armor", "--export", "alone").stdout)

@@ -1,6 +1,8 @@
 """apt trusts the internal repository through its own keyring only, and
 refuses it the moment its metadata or key does not match."""
 
+import re
+
 import pytest
 
 # Commands go straight to the containers through podman, not through one
@@ -31,6 +33,24 @@ def test_keyring_and_source(host):
     assert "trusted" not in source.lower()
     # Only scoped to this source: not in apt's global trust.
     assert not host.file("/etc/apt/trusted.gpg.d/sevenleague.asc").exists
+
+
+def test_the_repository_provides_its_packages_and_no_debian_name(host):
+    """prepare.yml published hello 99.0 there, signed like every package: apt pins it below
+    installation, installs Debian's hello, and still takes greeter from the repository."""
+    assert update(host).rc == 0
+    hello = host.check_output("apt-cache policy hello")
+    assert "99.0" in hello, hello
+    assert "Candidate: 99.0" not in hello, hello
+    assert re.search(r"99\.0 -1\n", hello), hello
+    install = host.run("apt-get install -s hello")
+    assert install.rc == 0, install.stderr
+    assert "Inst hello (99.0" not in install.stdout and "Inst hello (" in install.stdout, install.stdout
+    upgrade = host.check_output("apt-get -s dist-upgrade")
+    assert "hello" not in upgrade, upgrade
+    greeter = host.check_output("apt-cache policy greeter")
+    # The version line carries the pin: greeter's version from the repository gets 500.
+    assert "Candidate: (none)" not in greeter and re.search(r"^\s+\S+ 500$", greeter, re.MULTILINE), greeter
 
 
 def test_the_untouched_repository_updates_cleanly(host):
