@@ -271,6 +271,33 @@ def test_the_hook_restarts_a_sender_only_for_a_disabled_action(client):
         client.check_output("systemctl start sevenleague-rsyslog-reenable.path")
 
 
+def test_a_local_user_cannot_fake_rsyslogs_message_to_restart_it(aggregator, client):
+    """The restart is for rsyslog's own "DISABLING action" message: the same text logged by
+    another local user under rsyslog's name marks nothing, so nothing restarts rsyslog."""
+    # With the path unit stopped a marker would stay, whenever it was written.
+    client.check_output("systemctl stop sevenleague-rsyslog-reenable.path")
+    try:
+        pid = main_pid(client)
+        token = uuid.uuid4().hex
+        client.check_output(
+            f"runuser -u nobody -- logger -t rsyslogd 'action forward-x suspended; DISABLING action {token}'"
+        )
+        client.check_output(f"logger -t sl-trap 'after the fake {token}'")
+        # Both lines went through the client's rules, the fake one first.
+        wait_for(
+            lambda: (
+                token in file_text(aggregator, f"{LOG_DIR}/{CLIENT}/rsyslogd.log")
+                and token in file_text(aggregator, f"{LOG_DIR}/{CLIENT}/sl-trap.log")
+            ),
+            what="both lines forwarded",
+        )
+        assert not client.file(MARKER).exists
+        assert main_pid(client) == pid
+    finally:
+        client.run(f"rm -f {MARKER}")
+        client.check_output("systemctl start sevenleague-rsyslog-reenable.path")
+
+
 @pytest.mark.parametrize("name", [AGGREGATOR, CLIENT])
 def test_the_configuration_passes_rsyslogs_check(name):
     check = testinfra.get_host(f"podman://{name}").run("rsyslogd -N1")
