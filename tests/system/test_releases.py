@@ -1,6 +1,9 @@
 """A host on a Debian release the roles do not support, added to the lab
-inventory the way a user adds a host: site.yml stops in preflight, names
-the host and the supported releases, and changes nothing on any host.
+inventory the way a user adds a host: the preflight names the host and the
+supported releases and leaves it out, unchanged; the other hosts go on through
+the next layer, and the run ends non-zero.  And the release is read from the
+host in this run: a fact cache that says otherwise (a machine rebuilt under an
+old name) is not believed.
 
 The host is a real Debian 11 (bullseye) system, debootstrapped like the lab's
 images and reached through podman, since it has no sshd.
@@ -8,9 +11,11 @@ images and reached through podman, since it has no sshd.
 
 from __future__ import annotations
 
+import json
+
 import images
 import pytest
-from conftest import LAB_HOSTS, ansible_playbook
+from conftest import LAB_RELEASES, ROOT, ansible_playbook
 
 import lab
 
@@ -60,18 +65,65 @@ def state(name: str) -> str:
     ).stdout
 
 
-def test_site_stops_in_preflight_on_an_unsupported_release_and_changes_nothing(old_host):
-    before = {name: state(lab.container_name(name)) for name in LAB_HOSTS}
+# The preflight and the first layer, for the old host and one other: enough to see the others
+# go on (site.yml imports both), without a converge of the whole fleet.
+FIRST_LAYERS = ["playbooks/preflight.yml", "playbooks/baseline.yml"]
+OTHER = "app1.sevenleague.test"
+
+
+def test_a_host_on_an_unsupported_release_is_left_out_and_the_others_go_on(old_host):
+    before = state(lab.container_name(OTHER))
     old_before = state(NAME)
-    run = ansible_playbook("site.yml", "-i", "inventories/lab", "-i", str(old_host), log="site-bullseye.log")
+    run = ansible_playbook(
+        *FIRST_LAYERS,
+        "-i",
+        "inventories/lab",
+        "-i",
+        str(old_host),
+        "--limit",
+        f"{HOST},{OTHER}",
+        log="site-bullseye.log",
+    )
     assert run.rc != 0
     assert (
         f"{HOST} runs Debian 11" in run.output
         and "(bullseye)" in run.output
         and "supports Debian 12 (bookworm) and 13 (trixie) only" in run.output
     ), run.output[-3000:]
-    # The preflight stops every host before any change (any_errors_fatal).
-    assert run.recap and all(r["changed"] == 0 for r in run.recap.values()), run.recap
-    assert "Write the Debian sources" not in run.output
+    # The old host failed once, in the preflight, and changed nothing ...
+    assert run.recap[HOST]["failed"] == 1 and run.recap[HOST]["changed"] == 0, run.recap
     assert state(NAME) == old_before
-    assert {name: state(lab.container_name(name)) for name in LAB_HOSTS} == before
+    # ... while the other host went on through the baseline, unchanged since it is converged.
+    other = run.recap[OTHER]
+    assert other["failed"] == 0 and other["unreachable"] == 0 and other["changed"] == 0, run.recap
+    assert "PLAY [Every host trusts the internal repository]" in run.output
+    assert state(lab.container_name(OTHER)) == before
+
+
+def cached_facts(path) -> dict:
+    """The facts of a jsonfile cache entry (ansible-core keeps them as a JSON string in a wrapper)."""
+    return json.loads(json.loads(path.read_text())["__payload__"])
+
+
+def test_the_release_comes_from_the_host_not_from_the_fact_cache(converged):
+    """A cached fact from another machine of the same name (here: app1's cache entry rewritten to
+    say Debian 11) does not decide: the preflight reads the host itself and lets it through."""
+    [cache] = (ROOT / ".cache" / "facts").glob("*app1.sevenleague.test")
+    original = cache.read_text()
+    facts = cached_facts(cache)
+    facts.update(
+        ansible_distribution_release="bullseye",
+        ansible_distribution_major_version="11",
+        ansible_distribution_version="11.11",
+    )
+    try:
+        cache.write_text(json.dumps({**json.loads(original), "__payload__": json.dumps(facts)}))
+        run = ansible_playbook(
+            "playbooks/preflight.yml", "--limit", "app1.sevenleague.test", log="preflight-stale-cache.log"
+        )
+    finally:
+        if cached_facts(cache).get("ansible_distribution_release") == "bullseye":
+            cache.write_text(original)
+    assert run.rc == 0, run.output[-3000:]
+    assert "runs Debian 11" not in run.output
+    assert cached_facts(cache)["ansible_distribution_release"] == LAB_RELEASES["app1.sevenleague.test"]
