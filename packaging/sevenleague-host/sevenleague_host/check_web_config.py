@@ -1,15 +1,16 @@
-"""Check an exporter-toolkit web configuration before node_exporter reads it.
+"""Check an exporter-toolkit web configuration before node_exporter or Alertmanager reads it.
 
     sevenleague-check-web-config FILE
 
 node_exporter has no check mode of its own, and promtool (whose
 `check web-config` does this) is installed on the Prometheus servers only.
 The file is JSON, which is YAML too. Checked: the keys exporter-toolkit knows,
-the values it accepts, and that the certificate, its key and the client CA
-load and belong together. Exit 1 with the reasons on stderr.
+the values it accepts, that the certificate, its key and the client CA
+load and belong together, and that every basic_auth_users entry is a bcrypt hash. Exit 1 with the reasons on stderr.
 """
 
 import json
+import re
 import ssl
 import sys
 
@@ -52,12 +53,28 @@ CIPHERS = {
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 }
 CURVES = {"CurveP256", "CurveP384", "CurveP521", "X25519"}
+# exporter-toolkit compares passwords with bcrypt only: anything else locks the user out.
+BCRYPT = re.compile(r"^\$2[aby]?\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+
+
+def user_problems(users) -> list[str]:
+    if not isinstance(users, dict):
+        return ["basic_auth_users is not a mapping"]
+    found = []
+    for name, hashed in sorted(users.items()):
+        if not name or ":" in name:
+            found.append(f"basic_auth_users: {name!r} is not a user name")
+        if not isinstance(hashed, str) or not BCRYPT.match(hashed):
+            found.append(f"basic_auth_users: the password of {name!r} is not a bcrypt hash")
+    return found
 
 
 def problems(config) -> list[str]:
     if not isinstance(config, dict):
         return ["the configuration is not a mapping"]
     found = [f"unknown key {key!r}" for key in sorted(set(config) - TOP_KEYS)]
+    if "basic_auth_users" in config:
+        found += user_problems(config["basic_auth_users"])
     tls = config.get("tls_server_config")
     if tls is None:
         return found

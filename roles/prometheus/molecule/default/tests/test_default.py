@@ -1,6 +1,7 @@
 """Prometheus on the monitoring host scrapes every host's node_exporter over
 mutual TLS with targets from the inventory, loads the shipped rules, and
-Alertmanager hands alerts to the journal receiver."""
+Alertmanager hands alerts to the journal receiver; local users reach neither
+Alertmanager's API nor the receiver."""
 
 import json
 import os
@@ -15,6 +16,13 @@ import testinfra
 MON, TARGET = "sl-molecule-prometheus", "sl-molecule-prometheus-target"
 ROLE = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 RUNBOOKS = "https://runbooks.molecule.test/docs/runbooks"
+PASSWORD_FILE = "/etc/prometheus/alertmanager.password"
+SECRET_FILE = "/etc/prometheus/alert-journal.secret"
+# root's curl with the password Prometheus uses (the shell reads the file).
+AM_AUTH = f'-u "prometheus:$(cat {PASSWORD_FILE})"'
+AM = "http://127.0.0.1:9093"
+JOURNAL = "http://127.0.0.1:9097/"
+BEARER = f'-H "Authorization: Bearer $(cat {SECRET_FILE})"'
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +132,58 @@ def test_the_lifecycle_api_is_off_and_a_reload_goes_through_systemd(mon):
 
 
 def test_alertmanager_is_ready(mon):
-    assert mon.check_output("curl -sSf http://127.0.0.1:9093/-/ready").strip() == "OK"
+    assert mon.check_output(f"curl -sSf {AM_AUTH} {AM}/-/ready").strip() == "OK"
     assert mon.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
+
+
+def status(mon, arguments: str, user: str = "root") -> str:
+    """The HTTP status `user`'s curl gets for `arguments`."""
+    return mon.check_output(f"runuser -u {user} -- curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 {arguments}")
+
+
+def silences(mon, probe: str) -> list[dict]:
+    """The silences (as root, with the password) whose matchers name `probe`."""
+    found = json.loads(mon.check_output(f"curl -sSf {AM_AUTH} {AM}/api/v2/silences"))
+    return [s for s in found if any(m["value"] == probe for m in s["matchers"])]
+
+
+def silence(probe: str) -> str:
+    return json.dumps(
+        {
+            "matchers": [{"name": "probe", "value": probe, "isRegex": False}],
+            "startsAt": "2020-01-01T00:00:00Z",
+            "endsAt": "2099-01-01T00:00:00Z",
+            "createdBy": "molecule",
+            "comment": "a probe from the Molecule scenario",
+        }
+    )
+
+
+def test_a_local_user_cannot_silence_alerts(mon):
+    token = uuid.uuid4().hex
+    post = f"-X POST -H 'Content-Type: application/json' --data '{silence(token)}' {AM}/api/v2/silences"
+    # The attack: any local account posts a silence on the loopback port, or lists them.
+    assert status(mon, post, user="nobody") == "401"
+    assert status(mon, f"{AM}/api/v2/silences", user="nobody") == "401"
+    # The password file and root's amtool setup do not help it.
+    assert mon.run(f"runuser -u nobody -- cat {PASSWORD_FILE}").rc != 0
+    assert mon.run("runuser -u nobody -- amtool silence query").rc != 0
+    assert silences(mon, token) == []
+    # root with the password: the same request goes through (the control), and amtool works as is.
+    created = json.loads(mon.check_output(f"curl -sSf {AM_AUTH} {post}"))["silenceID"]
+    try:
+        assert [s["id"] for s in silences(mon, token)] == [created]
+        assert created in mon.check_output(f"amtool silence query -q probe={token}")
+    finally:
+        mon.check_output(f"curl -sSf {AM_AUTH} -X DELETE {AM}/api/v2/silence/{created}")
+
+
+def test_the_secrets_are_readable_by_root_and_the_prometheus_user_only(mon):
+    for path in (PASSWORD_FILE, SECRET_FILE, "/etc/prometheus/alertmanager-web.yml"):
+        secret = mon.file(path)
+        assert (secret.user, secret.group, secret.mode) == ("root", "prometheus", 0o640), path
+    assert len(mon.file(PASSWORD_FILE).content_string.strip()) >= 32
+    assert mon.run(f"runuser -u nobody -- cat {SECRET_FILE}").rc != 0
 
 
 def test_an_alert_reaches_the_journal_as_one_line(mon):
@@ -136,15 +194,62 @@ def test_an_alert_reaches_the_journal_as_one_line(mon):
             "annotations": {"summary": "a probe from the Molecule scenario"},
         }
     ]
-    mon.check_output(
-        "curl -sSf -X POST -H 'Content-Type: application/json' --data %s http://127.0.0.1:9093/api/v2/alerts",
-        json.dumps(alert),
-    )
-    query = f"journalctl -t sevenleague-alert -p warning -o cat --no-pager | grep {token} || true"
-    line = wait_for(lambda: mon.check_output(query), 60)
+    post_alert(mon, alert)
+    line = wait_for(lambda: journal_lines(mon, token), 60)
     assert line.startswith("FIRING MoleculeProbe {"), line
     detail = json.loads(line.split(" ", 2)[2])
     assert detail["labels"]["probe"] == token and detail["annotations"]["summary"].startswith("a probe")
+
+
+def post_alert(mon, alert: list[dict]) -> None:
+    mon.check_output(
+        f"curl -sSf {AM_AUTH} -X POST -H 'Content-Type: application/json' --data %s {AM}/api/v2/alerts",
+        json.dumps(alert),
+    )
+
+
+def journal_lines(mon, token: str) -> str:
+    return mon.check_output(f"journalctl -t sevenleague-alert -o cat --no-pager | grep {token} || true")
+
+
+def test_a_webhook_post_without_the_secret_is_refused(mon):
+    token = uuid.uuid4().hex
+    forged = json.dumps({"alerts": [{"labels": {"alertname": "Forged", "probe": token}}]})
+    post = f"-X POST -H 'Content-Type: application/json' --data '{forged}' {JOURNAL}"
+    assert status(mon, post, user="nobody") == "401"
+    assert status(mon, f"-H 'Authorization: Bearer not-the-secret' {post}") == "401"
+    # The control: the same body with the secret goes through; the forged one never reached the journal.
+    control = forged.replace(token, token + "-control")
+    assert status(mon, f"{BEARER} -X POST --data '{control}' {JOURNAL}") == "200"
+    assert wait_for(lambda: journal_lines(mon, token + "-control"), 20, 0.5)
+    assert [line for line in journal_lines(mon, token).splitlines() if token + "-control" not in line] == []
+
+
+def test_an_idle_connection_does_not_hold_up_the_journal(mon):
+    # The attack: a local user keeps a connection to the receiver open with half a request,
+    # opening the next one whenever the receiver drops the last.
+    holder = "sl-molecule-idle-webhook-client"
+    script = (
+        "import socket\n"
+        "while True:\n"
+        "    s = socket.create_connection(('127.0.0.1', 9097))\n"
+        "    s.sendall(b'POST / HTTP/1.1\\r\\nHost: x\\r\\n')\n"
+        "    s.recv(1)\n"
+        "    s.close()\n"
+    )
+    mon.check_output("systemd-run --unit %s -p User=nobody python3 -c %s", holder, script)
+    try:
+        held = "ss -Htn state established '( dport = :9097 )' | wc -l"
+        assert wait_for(lambda: int(mon.check_output(held)) > 0, 10, 0.2)
+        # While it is held, the receiver answers others at once (it drops the idle one after 10 s).
+        started = time.monotonic()
+        assert status(mon, f"{BEARER} -X POST --data '{{}}' {JOURNAL}") == "200"
+        assert time.monotonic() - started < 5
+        token = uuid.uuid4().hex
+        post_alert(mon, [{"labels": {"alertname": "MoleculeIdleProbe", "severity": "ticket", "probe": token}}])
+        assert wait_for(lambda: journal_lines(mon, token), 60, 1).startswith("FIRING MoleculeIdleProbe ")
+    finally:
+        mon.run(f"systemctl stop {holder}; systemctl reset-failed {holder}")
 
 
 def test_the_journal_receiver_runs_confined(mon):
