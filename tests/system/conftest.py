@@ -58,6 +58,20 @@ def _playbook_env(env: dict | None) -> dict:
     return env
 
 
+def layers_playbook(directory: Path, *layers: str) -> str:
+    """A playbook importing some of site.yml's layers (playbooks/<layer>), as site.yml does.
+    Given as several files instead, ansible-playbook would stop at the end of the first file in
+    which any host failed or was unreachable, where site.yml goes on with the other hosts."""
+    path = directory / f"layers-{'-'.join(Path(layer).stem for layer in layers)}.yml"
+    path.write_text(
+        "---\n"
+        + "".join(
+            f"- name: {layer}\n  ansible.builtin.import_playbook: {ROOT / 'playbooks' / layer}\n" for layer in layers
+        )
+    )
+    return str(path)
+
+
 def ansible_playbook(*args: str, log: str, env: dict | None = None) -> PlaybookRun:
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "ansible-playbook"), *args],

@@ -20,27 +20,39 @@ import subprocess
 import time
 
 import pytest
-from conftest import CA_HOST, CONFIG, CURRENT, OPENBAO, SERVER_CA, RunningPlaybook, ansible_playbook, serial, stopped
+from conftest import (
+    CA_HOST,
+    CONFIG,
+    CURRENT,
+    OPENBAO,
+    SERVER_CA,
+    RunningPlaybook,
+    ansible_playbook,
+    layers_playbook,
+    serial,
+    stopped,
+)
 
 APP1, APP2 = "app1.sevenleague.test", "app2.sevenleague.test"
 # The layers the drill converges, as site.yml imports them; a file the last layer (the mesh)
 # writes on every host, and the play the host is lost at: after the logs layer, before the
 # metrics, apps and mesh layers.
-LAYERS = ["playbooks/logging.yml", "playbooks/monitoring.yml", "playbooks/apps.yml", "playbooks/mesh.yml"]
+LAYERS = ["logging.yml", "monitoring.yml", "apps.yml", "mesh.yml"]
 LAST_LAYER_FILE = "/etc/sevenleague/pki/hooks.d/70-envoy"
 LOST_AT = "PLAY [Metrics on every host]"
 
 
 @pytest.fixture(scope="module")
-def host_lost(hosts):
+def host_lost(hosts, tmp_path_factory):
     """The layers with app2 powered off once the run reaches the metrics layer, app2 booted again,
     then the layers once more.  Every host first loses LAST_LAYER_FILE, so the run has work on each of
     them up to its very end."""
     running = None
+    layers = layers_playbook(tmp_path_factory.mktemp("drill"), *LAYERS)
     try:
         for host in hosts.values():
             host.check_output(f"rm -f {LAST_LAYER_FILE}")
-        running = RunningPlaybook(*LAYERS, log="site-host-lost.log")
+        running = RunningPlaybook(layers, log="site-host-lost.log")
         reached = running.wait_for(LOST_AT)
         with stopped(APP2):
             run = running.finish()
@@ -49,7 +61,7 @@ def host_lost(hosts):
         if running is not None:
             running.proc.wait(timeout=1800)  # never two runs at once
         # The drill's rerun also puts back what the drill took, whatever failed above.
-        rerun = ansible_playbook(*LAYERS, log="site-after-host-lost.log")
+        rerun = ansible_playbook(layers, log="site-after-host-lost.log")
     greeting = hosts[APP1].run("curl -sf --max-time 5 'http://127.0.0.1:8080/?name=drill'")
     return {
         "reached": reached,

@@ -28,6 +28,7 @@ from conftest import (
     assert_only_its_own_certificate,
     certificate_names,
     hostile,
+    layers_playbook,
     renewal_roles,
     serial,
     steady_load,
@@ -195,12 +196,12 @@ def test_requests_through_the_mesh_all_succeed_while_every_certificate_rotates(r
 CERTIFICATE_LAYERS = ["openbao.yml", "pki.yml", "logging.yml", "monitoring.yml", "mesh.yml"]
 
 
-def test_check_mode_right_after_a_rotation_is_clean(rotation):
+def test_check_mode_right_after_a_rotation_is_clean(rotation, tmp_path):
     """The certificate layers of site.yml in check mode on the fleet a rotation left: check mode
     runs clean on a converged fleet, and the rotation left nothing for them to change. (That a
     real rerun of all of site.yml changes nothing is the AWX-style rerun's proof, test_baseline.py.)"""
     run = ansible_playbook(
-        *(f"playbooks/{layer}" for layer in CERTIFICATE_LAYERS), "--check", log="site-check-after-rotation.log"
+        layers_playbook(tmp_path, *CERTIFICATE_LAYERS), "--check", log="site-check-after-rotation.log"
     )
     assert run.rc == 0, run.output[-3000:]
     changed = {host: r["changed"] for host, r in run.recap.items() if r["changed"]}

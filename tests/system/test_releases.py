@@ -15,7 +15,7 @@ import json
 
 import images
 import pytest
-from conftest import LAB_RELEASES, ROOT, ansible_playbook
+from conftest import LAB_RELEASES, ROOT, ansible_playbook, layers_playbook
 
 import lab
 
@@ -67,15 +67,15 @@ def state(name: str) -> str:
 
 # The preflight and the first layer, for the old host and one other: enough to see the others
 # go on (site.yml imports both), without a converge of the whole fleet.
-FIRST_LAYERS = ["playbooks/preflight.yml", "playbooks/baseline.yml"]
+FIRST_LAYERS = ["preflight.yml", "baseline.yml"]
 OTHER = "app1.sevenleague.test"
 
 
-def test_a_host_on_an_unsupported_release_is_left_out_and_the_others_go_on(old_host):
+def test_a_host_on_an_unsupported_release_is_left_out_and_the_others_go_on(old_host, tmp_path):
     before = state(lab.container_name(OTHER))
     old_before = state(NAME)
     run = ansible_playbook(
-        *FIRST_LAYERS,
+        layers_playbook(tmp_path, *FIRST_LAYERS),
         "-i",
         "inventories/lab",
         "-i",
