@@ -212,10 +212,10 @@ def relp(hosts, case: str) -> tuple[bool, str]:
 
 
 def openbao(hosts, case: str) -> tuple[bool, str]:
-    """app1 logs in to OpenBao with its certificate, as its renewal timer does."""
+    """app1 logs in to OpenBao with its certificate through its own login role, as its timer does."""
     result = hosts[APP1].run(
         f"curl -sS --max-time 10 --cacert /etc/sevenleague/pki/openbao-server-ca.pem {_curl_client(case)} "
-        f'-X POST --data \'{{"name": "host"}}\' https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/cert/login'
+        f'-X POST --data \'{{"name": "host-{APP1}"}}\' https://{LAB_HOSTS[CA_HOST]}:8200/v1/auth/cert/login'
     )
     try:
         token = json.loads(result.stdout).get("auth", {}).get("client_token")

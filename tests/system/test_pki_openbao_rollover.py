@@ -46,7 +46,11 @@ def signing_issuers() -> list[str]:
 
 
 def login_trust() -> str:
-    return api("auth/cert/certs/host")["certificate"]
+    """What the certificate login trusts: each host's own login role, all trusting the same."""
+    roles = api("auth/cert/certs?list=true")["keys"]
+    trusts = {api(f"auth/cert/certs/{role}")["certificate"] for role in roles}
+    assert len(trusts) == 1, roles
+    return trusts.pop()
 
 
 def chain(host, directory: str = CURRENT) -> str:

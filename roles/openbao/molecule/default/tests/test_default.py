@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ CURRENT = f"{PKI}/current"
 LISTENER_FACT = "/etc/ansible/facts.d/pki_openbao.fact"
 LISTENER_TIMER = "sevenleague-pki-renew-openbao"
 INVENTORY = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "inventory"
+SCENARIO = Path(__file__).resolve().parents[1]
+# The client's login: its own role, which accepts its certificate only from its address.
+LOGIN = json.dumps({"name": f"host-{CLIENT}"})
 
 
 def node(name):
@@ -37,8 +41,8 @@ def ca_address(ca):
 # The image has no curl: requests go through the host's python3, as the timer's do.
 _REQUEST = f"""
 import json, ssl, sys, urllib.error, urllib.request
-url, body, token, cert = sys.argv[1:5]
-context = ssl.create_default_context(cafile="{PKI}/openbao-server-ca.pem")
+url, body, token, cert, cafile = sys.argv[1:6]
+context = ssl.create_default_context(cafile=cafile or "{PKI}/openbao-server-ca.pem")
 if cert:
     context.load_cert_chain(cert + "/fullchain.pem", cert + "/key.pem")
 request = urllib.request.Request(url, data=body.encode() if body else None, headers={{"X-Vault-Token": token}})
@@ -50,9 +54,9 @@ except urllib.error.HTTPError as error:
 """
 
 
-def request(host, url, body="", token="", cert=""):
+def request(host, url, body="", token="", cert="", cafile=""):
     """(status, JSON body) of a request from `host`, verifying OpenBao with the host's copy of its CA."""
-    answer = json.loads(host.check_output("python3 -c %s %s %s %s %s", _REQUEST, url, body, token, cert))
+    answer = json.loads(host.check_output("python3 -c %s %s %s %s %s %s", _REQUEST, url, body, token, cert, cafile))
     return answer["status"], answer["body"]
 
 
@@ -182,7 +186,7 @@ def test_ansible_works_with_a_token_of_its_own_that_may_do_only_what_the_roles_d
         ("POST", "sys/policies/acl/sevenleague-ansible", {"policy": 'path "*" { capabilities = ["sudo"] }'}),
         ("POST", "auth/token/create", {"policies": ["sevenleague-ansible"]}),
         ("POST", "sys/audit/second", {"type": "file", "options": {"file_path": "/tmp/x"}}),
-        ("POST", "auth/cert/certs/host", {"token_policies": ["sevenleague-ansible"]}),
+        ("POST", f"auth/cert/certs/host-{CLIENT}", {"token_policies": ["sevenleague-ansible"]}),
         ("GET", "sys/raw/core/keyring", None),
     ]
     for method, path, body in refused:
@@ -241,7 +245,7 @@ def test_the_client_certificate_comes_from_openbao_and_stays_on_the_host(client)
 
 def test_a_login_token_cannot_sign_for_other_names(ca, client):
     url = f"https://{ca_address(ca)}:8200"
-    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    status, login = request(client, f"{url}/v1/auth/cert/login", body=LOGIN, cert=CURRENT)
     assert status == 200, login
     token = login["auth"]["client_token"]
     assert login["auth"]["policies"] == ["sevenleague-host-renew"]
@@ -250,6 +254,124 @@ def test_a_login_token_cannot_sign_for_other_names(ca, client):
             client, f"{url}/v1/pki_int/sign/{role}", token=token, body=json.dumps({"common_name": CA, "csr": "x"})
         )
         assert status == 403 and "permission denied" in json.dumps(answer)
+
+
+def test_each_host_logs_in_through_its_own_role_bound_to_its_address(ca, client):
+    status, listing = api("LIST", "auth/cert/certs", ansible_token())
+    assert status == 200, listing
+    # The shared role of older releases, which any host's certificate matched, is gone.
+    assert sorted(listing["data"]["keys"]) == [f"host-{CA}", f"host-{CLIENT}"]
+    role = api("GET", f"auth/cert/certs/host-{CLIENT}", ansible_token())[1]["data"]
+    assert role["allowed_common_names"] == [CLIENT]
+    assert role["token_bound_cidrs"] == [client.check_output("hostname -I").split()[0]]
+
+
+def test_a_copied_key_and_certificate_are_refused_from_another_fleet_host(ca, client):
+    """Someone with root on the client copies its key and certificate to another host of the fleet
+    (here OpenBao's, which the firewall lets in like any fleet host): the login is refused there,
+    with or without naming the role, while the same files still log in from the client."""
+    stolen = "/root/stolen"
+    url = f"https://{ca_address(ca)}:8200/v1/auth/cert/login"
+    files = {
+        name: base64.b64encode(client.file(f"{CURRENT}/{name}").content).decode()
+        for name in ("fullchain.pem", "key.pem")
+    }
+    files["server-ca.pem"] = base64.b64encode(client.file(f"{PKI}/openbao-server-ca.pem").content).decode()
+    try:
+        ca.check_output(f"install -d -m 0700 {stolen}")
+        for name, content in files.items():
+            ca.check_output(f"echo {content} | base64 -d > {stolen}/{name}")
+        for body in (LOGIN, "{}"):
+            status, answer = request(ca, url, body=body, cert=stolen, cafile=f"{stolen}/server-ca.pem")
+            assert status in (400, 403), (body, answer)
+            assert "client_token" not in json.dumps(answer)
+        status, answer = request(client, url, body=LOGIN, cert=CURRENT)
+        assert status == 200, answer
+        same = client.check_output(f"sha256sum {CURRENT}/fullchain.pem {CURRENT}/key.pem | cut -d' ' -f1")
+        assert same == ca.check_output(f"sha256sum {stolen}/fullchain.pem {stolen}/key.pem | cut -d' ' -f1")
+    finally:
+        ca.run(f"rm -rf {stolen}")
+
+
+GONE = "gone.molecule.test"
+
+
+def csr_for(name: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    request = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return request.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_host_that_left_the_inventory_has_its_certificates_revoked_and_its_roles_removed(client):
+    """gone.molecule.test has a renewal role, a login role and a valid certificate, as a host of
+    the inventory has; it is not in this inventory, as a host that left is not. The openbao role's
+    PKI converge revokes its certificate and removes both roles; the client's stay. The shared login
+    role of older releases, which every host's certificate matched, goes too."""
+    token = ansible_token()
+    renew_role, login_role = f"pki_int/roles/renew-{GONE}", f"auth/cert/certs/host-{GONE}"
+    shared = "auth/cert/certs/host"
+    try:
+        status, answer = api(
+            "POST",
+            renew_role,
+            token,
+            {
+                "allowed_domains": [GONE],
+                "allow_bare_domains": True,
+                "key_type": "ec",
+                "key_bits": 256,
+                "no_store": False,
+            },
+        )
+        assert status in (200, 204), answer
+        trust = api("GET", f"auth/cert/certs/host-{CLIENT}", token)[1]["data"]["certificate"]
+        body = {"certificate": trust, "allowed_common_names": [GONE], "token_policies": ["sevenleague-host-renew"]}
+        status, answer = api("POST", login_role, token, body)
+        assert status in (200, 204), answer
+        status, answer = api("POST", shared, token, {**body, "allowed_common_names": [CA, CLIENT]})
+        assert status in (200, 204), answer
+        status, signed = api(
+            "POST", f"pki_int/sign/renew-{GONE}", token, {"csr": csr_for(GONE), "common_name": GONE, "ttl": "600s"}
+        )
+        assert status == 200, signed
+        serial = signed["data"]["serial_number"]
+        assert api("GET", f"pki_int/cert/{serial}", token)[1]["data"]["revocation_time"] == 0
+
+        run = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                os.environ["MOLECULE_INVENTORY_FILE"],
+                "--tags",
+                "openbao_init,openbao_pki",
+                str(SCENARIO / "converge.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+        assert api("GET", f"pki_int/cert/{serial}", token)[1]["data"]["revocation_time"] > 0
+        assert api("GET", renew_role, token)[0] == 404
+        assert api("GET", login_role, token)[0] == 404
+        assert api("GET", shared, token)[0] == 404
+        # Only the departed host's: the client's current certificate stays valid.
+        hexa = client.check_output(f"openssl x509 -in {CURRENT}/cert.pem -noout -serial").split("=", 1)[1].lower()
+        mine = ":".join(hexa[i : i + 2] for i in range(0, len(hexa), 2))
+        assert api("GET", f"pki_int/cert/{mine}", token)[1]["data"]["revocation_time"] == 0
+        assert api("GET", f"pki_int/roles/renew-{CLIENT}", token)[0] == 200
+        assert api("GET", f"auth/cert/certs/host-{CLIENT}", token)[0] == 200
+    finally:
+        api("DELETE", renew_role, token)
+        api("DELETE", login_role, token)
+        api("DELETE", shared, token)
 
 
 AGENT = "sevenleague-pki-renew-host"
@@ -304,17 +426,17 @@ def test_a_replaced_key_s_certificate_can_no_longer_log_in(ca, client, due_now):
     # Someone copied the host's key and certificate; then the host renewed with a new key.
     client.check_output(f"rm -rf /root/copied && cp -rL {CURRENT} /root/copied")
     url = f"https://{ca_address(ca)}:8200/v1/auth/cert/login"
-    assert request(client, url, body=json.dumps({"name": "host"}), cert="/root/copied")[0] == 200
+    assert request(client, url, body=LOGIN, cert="/root/copied")[0] == 200
     old_release = client.file(CURRENT).linked_to
     run = client.run(f"systemctl start {AGENT}.service")
     assert run.rc == 0, client.run(f"journalctl -u {AGENT}.service --no-pager -n 30").stdout
     assert client.file(CURRENT).linked_to != old_release
     # The host revoked the old certificate with its key; the login asks OCSP and refuses it.
     assert client.file(f"{old_release}/revoked").content_string.strip() == "revoked"
-    status, answer = request(client, url, body=json.dumps({"name": "host"}), cert="/root/copied")
+    status, answer = request(client, url, body=LOGIN, cert="/root/copied")
     assert status in (400, 403), answer
     # The new certificate still logs in.
-    assert request(client, url, body=json.dumps({"name": "host"}), cert=CURRENT)[0] == 200
+    assert request(client, url, body=LOGIN, cert=CURRENT)[0] == 200
 
 
 def test_a_failed_renewal_keeps_the_certificate_and_says_why(client):
@@ -332,7 +454,7 @@ def test_a_host_gets_only_its_own_names_and_address_from_its_renewal_role(ca, cl
     """What a host with root can ask with its own login: another host's name, an address that is
     not its own, a wildcard. OpenBao refuses each; only the host's own names pass."""
     url = f"https://{ca_address(ca)}:8200"
-    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    status, login = request(client, f"{url}/v1/auth/cert/login", body=LOGIN, cert=CURRENT)
     assert status == 200, login
     token = login["auth"]["client_token"]
     own = client.check_output(
@@ -365,7 +487,7 @@ def test_a_host_gets_only_its_own_names_and_address_from_its_renewal_role(ca, cl
 
 def test_every_request_lands_in_the_audit_log_with_its_secrets_hashed(ca, client):
     url = f"https://{ca_address(ca)}:8200"
-    status, login = request(client, f"{url}/v1/auth/cert/login", body='{"name": "host"}', cert=CURRENT)
+    status, login = request(client, f"{url}/v1/auth/cert/login", body=LOGIN, cert=CURRENT)
     assert status == 200, login
     log = ca.file("/var/log/openbao/audit.log")
     assert log.user == "openbao" and log.mode == 0o640
