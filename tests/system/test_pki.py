@@ -397,8 +397,9 @@ def without_app2():
 
 
 def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2):
-    """app2 leaves the inventory and the CA converges: its still valid certificate no longer logs
-    in and its renewal role is gone. Back in the inventory, it renews again."""
+    """app2 leaves the inventory and the CA converges: its still valid certificate is revoked, no
+    longer logs in, and its roles are gone. Back in the inventory, the controller issues it a new
+    certificate (its own was revoked), and it renews on its own again."""
     app2 = hosts["app2.sevenleague.test"]
     renew = "sevenleague-pki renew --force --config " + CONFIG
     assert "renew-app2.sevenleague.test" in renewal_roles()
@@ -423,7 +424,18 @@ def test_a_host_that_left_the_inventory_can_no_longer_renew(hosts, without_app2)
         back = ansible_playbook(
             "playbooks/openbao.yml", "--tags", "openbao_init,openbao_pki", log="openbao-app2-back.log"
         )
+        # The certificate it left with was revoked: its own login stays refused until the
+        # controller issues it a new one.
+        reissued = ansible_playbook(
+            "playbooks/pki.yml",
+            "--limit",
+            "app2.sevenleague.test",
+            "-e",
+            '{"pki_force_renew": true}',
+            log="pki-app2-back.log",
+        )
     assert back.rc == 0, back.output[-3000:]
+    assert reissued.rc == 0, reissued.output[-3000:]
     renewed = app2.run(renew)
     assert renewed.rc == 0, renewed.stdout + renewed.stderr
     assert serial(app2) != before
