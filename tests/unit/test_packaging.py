@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = [sys.executable, str(ROOT / "packaging" / "build.py")]
@@ -142,15 +140,3 @@ def test_the_host_tools_ship_the_collections_shared_code_and_every_command_runs(
     # A tool, not a service: no maintainer scripts.
     listed = subprocess.run(["dpkg-deb", "-I", str(deb)], check=True, capture_output=True, text=True).stdout
     assert "postinst" not in listed and "prerm" not in listed
-
-
-def test_hosts_let_the_repository_provide_exactly_the_packages_built_here(all_debs):
-    """apt_client's preferences pin everything else from the internal origin below installation:
-    a package built here and missing from apt_client_packages could never be installed."""
-    default = yaml.safe_load((ROOT / "roles" / "apt_client" / "defaults" / "main.yml").read_text())
-    services = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all" / "services.yml").read_text())
-    expression = default["apt_client_packages"].strip()
-    assert expression.startswith("{{") and expression.endswith("}}")
-    allowed = jinja2.Environment().compile_expression(expression[2:-2])(**services)
-    built = {path.name.split("_")[0] for path in all_debs.glob("*.deb")}
-    assert set(allowed) == built
