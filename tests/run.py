@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -88,7 +89,9 @@ def banner(text: str) -> None:
     say(f"\n=== {text} ===")
 
 
-def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool = True) -> int:
+def run(
+    cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool = True, extra_env: dict | None = None
+) -> int:
     """Run a command, keep a copy of its output in `log`; stream it unless told not to."""
     if stream:
         say("$ " + " ".join(cmd))
@@ -97,7 +100,7 @@ def run(cmd: list[str], log: Path | None = None, cwd: Path = ROOT, stream: bool 
     with subprocess.Popen(
         cmd,
         cwd=cwd,
-        env=env(),
+        env={**env(), **(extra_env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -199,9 +202,35 @@ def failures(log: Path, limit: int = 60) -> str:
     return "".join(found[:limit]) + ("[...]\n" if len(found) > limit else "")
 
 
+MOLECULE_CONFIG = ROOT / ".config" / "molecule"
+
+
+def fresh_scenario(role: str, scenario: str) -> Path:
+    """Remove what an earlier run of the scenario left (its containers, by name, and its ephemeral
+    folder, which Molecule would otherwise share between checkouts of the same role), and return
+    the new folder. Molecule's own first destroy then has nothing to do and is left out
+    (.config/molecule/test-run.yml)."""
+    platforms = yaml.safe_load((ROOT / "roles" / role / "molecule" / scenario / "molecule.yml").read_text())
+    names = [p["name"] for p in platforms.get("platforms", [])]
+    if names:
+        subprocess.run(["podman", "rm", "--force", "--time", "0", *names], env=env(), capture_output=True)
+    ephemeral = ROOT / ".cache" / "molecule" / f"{role}-{scenario}"
+    shutil.rmtree(ephemeral, ignore_errors=True)
+    ephemeral.mkdir(parents=True)
+    return ephemeral
+
+
 def molecule(role: str, scenario: str, tally: Tally, stream: bool) -> None:
     log = REPORTS / f"molecule-{role}-{scenario}.log"
-    rc = run([str(VENV_BIN / "molecule"), "test", "-s", scenario], log=log, cwd=ROOT / "roles" / role, stream=stream)
+    ephemeral = fresh_scenario(role, scenario)
+    base = ["-c", str(MOLECULE_CONFIG / "config.yml"), "-c", str(MOLECULE_CONFIG / "test-run.yml")]
+    rc = run(
+        [str(VENV_BIN / "molecule"), *base, "test", "-s", scenario],
+        log=log,
+        cwd=ROOT / "roles" / role,
+        stream=stream,
+        extra_env={"MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral)},
+    )
     tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
     if rc != 0 and not stream:
         say(
