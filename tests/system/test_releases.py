@@ -12,6 +12,7 @@ images and reached through podman, since it has no sshd.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import images
 import pytest
@@ -105,9 +106,14 @@ def cached_facts(path) -> dict:
     return json.loads(json.loads(path.read_text())["__payload__"])
 
 
-def test_the_release_comes_from_the_host_not_from_the_fact_cache(converged):
+# The preflight of site.yml, and a layer playbook run on its own (playbooks/facts.yml, which every
+# layer playbook imports first; in check mode, so nothing changes).
+@pytest.mark.parametrize(
+    "playbook", [["playbooks/preflight.yml"], ["playbooks/apps.yml", "--check"]], ids=["preflight", "layer"]
+)
+def test_the_release_comes_from_the_host_not_from_the_fact_cache(converged, playbook):
     """A cached fact from another machine of the same name (here: app1's cache entry rewritten to
-    say Debian 11) does not decide: the preflight reads the host itself and lets it through."""
+    say Debian 11) does not decide: the playbook reads the host itself and lets it through."""
     [cache] = (ROOT / ".cache" / "facts").glob("*app1.sevenleague.test")
     original = cache.read_text()
     facts = cached_facts(cache)
@@ -119,11 +125,12 @@ def test_the_release_comes_from_the_host_not_from_the_fact_cache(converged):
     try:
         cache.write_text(json.dumps({**json.loads(original), "__payload__": json.dumps(facts)}))
         run = ansible_playbook(
-            "playbooks/preflight.yml", "--limit", "app1.sevenleague.test", log="preflight-stale-cache.log"
+            *playbook, "--limit", "app1.sevenleague.test", log=f"stale-cache-{Path(playbook[0]).stem}.log"
         )
     finally:
         if cached_facts(cache).get("ansible_distribution_release") == "bullseye":
             cache.write_text(original)
     assert run.rc == 0, run.output[-3000:]
     assert "runs Debian 11" not in run.output
+    assert run.recap["app1.sevenleague.test"]["changed"] == 0, run.recap
     assert cached_facts(cache)["ansible_distribution_release"] == LAB_RELEASES["app1.sevenleague.test"]

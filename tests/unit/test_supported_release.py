@@ -38,3 +38,19 @@ def test_testing_without_a_version_number_is_refused():
 def test_release_names_read_as_numbers_and_codenames():
     assert describe(["bookworm"]) == "12 (bookworm)"
     assert describe(["bullseye", "bookworm", "trixie"]) == "11 (bullseye), 12 (bookworm) and 13 (trixie)"
+
+
+# The layer playbooks site.yml imports: each can also run on its own.
+LAYERS = [p["ansible.builtin.import_playbook"] for p in yaml.safe_load((ROOT / "site.yml").read_text())]
+
+
+def test_every_layer_playbook_reads_the_hosts_before_its_first_play():
+    """Run on its own, a layer playbook must not take what a host is from the fact cache alone
+    (playbooks/facts.yml gathers this run's facts first)."""
+    for layer in LAYERS[1:]:
+        plays = yaml.safe_load((ROOT / layer).read_text())
+        assert plays[0].get("ansible.builtin.import_playbook") == "facts.yml", layer
+    [preflight] = yaml.safe_load((ROOT / LAYERS[0]).read_text())[:1]
+    setup, noted = preflight["tasks"][:2]
+    assert "ansible.builtin.setup" in setup
+    assert noted["ansible.builtin.set_fact"] == {"sevenleague_facts_of_this_run": True}
