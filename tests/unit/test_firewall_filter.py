@@ -119,9 +119,12 @@ def test_an_address_in_the_inventory_outranks_the_one_the_host_reports(host, hva
     assert rule["ipv4"] + rule["ipv6"] == [f"{address}/{32 if '.' in address else 128}"]
 
 
-def test_a_host_without_address_or_facts_is_named():
-    with pytest.raises(AnsibleFilterError, match="no address known for db1"):
-        host_address("db1", {"db1": {"ansible_host": "db1.example.internal"}})
+def test_a_host_without_address_or_facts_stays_out_and_its_peers_rules_still_render():
+    """A host named by DNS, down and never seen: only its own traffic is refused."""
+    hostvars = {"db1": {"ansible_host": "db1.example.internal"}, "db2": {"ansible_host": "10.0.0.32"}}
+    assert host_address("db1", hostvars) is None
+    [rule] = firewall_rules([{"name": "db", "port": 5432, "source_groups": ["db"]}], {"db": ["db1", "db2"]}, hostvars)
+    assert rule["ipv4"] == ["10.0.0.32/32"]
 
 
 @pytest.mark.parametrize(

@@ -42,9 +42,10 @@ def _port(value, rule_name: str) -> str:
     )
 
 
-def host_address(host: str, hostvars) -> str:
+def host_address(host: str, hostvars) -> str | None:
     """The address other hosts see for `host`: ansible_host when it is an
-    address, else the default IPv4 address from its (cached) facts."""
+    address, else the default IPv4 address from its facts (gathered in this
+    run, or cached), else None."""
     hvars = hostvars.get(host, {})
     candidate = hvars.get("ansible_host", host)
     try:
@@ -53,12 +54,7 @@ def host_address(host: str, hostvars) -> str:
         pass
     facts = hvars.get("ansible_facts") or {}
     address = (facts.get("default_ipv4") or {}).get("address")
-    if address:
-        return address
-    raise AnsibleFilterError(
-        f"no address known for {host}: set ansible_host to its IP address in the inventory, "
-        f"or gather its facts in the same run (fact caching keeps them between runs)"
-    )
+    return address or None
 
 
 def firewall_rules(rules, groups=None, hostvars=None):
@@ -115,8 +111,11 @@ def firewall_rules(rules, groups=None, hostvars=None):
         for group in source_groups:
             if group not in groups:
                 raise AnsibleFilterError(f"firewall rule {name!r}: source group {group!r} is not an inventory group")
-            for host in groups[group]:
-                networks.add(ipaddress.ip_network(host_address(host, hostvars)))
+            # A host of the group with no known address (named by DNS in the inventory, down,
+            # and never seen) is left out of its peers' allow-lists until it is converged: its
+            # absence decides only its own traffic, and the others' rules still render.
+            addresses = (host_address(host, hostvars) for host in groups[group])
+            networks.update(ipaddress.ip_network(a) for a in addresses if a)
         out.append(
             {
                 "name": name,
