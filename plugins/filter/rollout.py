@@ -96,11 +96,45 @@ def later_hosts(plan: Mapping, host: str) -> list[str]:
     return []
 
 
-def unchecked(plan: Mapping, hostvars) -> list[str]:
-    """The hosts of the rollout and the callers without `deploy_checked`: they did not answer, or
-    failed a check."""
-    names = list(dict.fromkeys([*plan["hosts"], *plan["callers"]]))
+def unchecked(plan: Mapping, hostvars, strict: bool = False) -> list[str]:
+    """The hosts that stop the deploy before it starts: the hosts of the rollout without
+    `deploy_checked` (they did not answer, or failed a check), and the callers without it when
+    `strict` (deploy_strict_callers)."""
+    names = list(dict.fromkeys([*plan["hosts"], *(plan["callers"] if strict else [])]))
     return [name for name in names if not (hostvars.get(name) or {}).get("deploy_checked")]
+
+
+def callers_down(plan: Mapping, hostvars) -> list[str]:
+    """The callers without `deploy_checked`: down, or failing a check. Named in the run; they refuse
+    the deploy only when the operator asks for every caller (deploy_strict_callers)."""
+    return [name for name in plan["callers"] if not (hostvars.get(name) or {}).get("deploy_checked")]
+
+
+def quorum(results, plan: Mapping, endpoint: str, state: str, strict: bool = False) -> dict:
+    """Whether enough of the callers asked (`results`: a looped uri task's registered result, one
+    item per caller, each the caller's Envoy /clusters) see `endpoint` `state` ("drained" or
+    "healthy"). A majority of the callers asked must agree, or every caller of the plan when
+    `strict`: one caller's word alone cannot pass or fail a host while others are there to ask."""
+    if state not in ("drained", "healthy"):
+        raise AnsibleFilterError(f"quorum: state must be drained or healthy, not {state!r}")
+    items = [item for item in ((results or {}).get("results") or []) if isinstance(item, Mapping)]
+    asked = [str(item.get("item")) for item in items]
+    agree = [
+        str(item.get("item"))
+        for item in items
+        if envoy_endpoint(item.get("content") or "", plan["cluster"], endpoint)[state]
+    ]
+    needed = len(plan["callers"]) if strict else len(asked) // 2 + 1 if asked else 0
+    dissent = [name for name in asked if name not in agree]
+    ok = len(agree) >= needed
+    what = {"drained": "moved away from", "healthy": "healthy"}[state]
+    message = (
+        f"{len(agree)} of the {len(asked)} callers asked see {endpoint} {what}"
+        f" ({', '.join(agree) or 'none'}); {needed} needed{' (every caller)' if strict else ''}"
+    )
+    if dissent:
+        message += f"; not: {', '.join(dissent)}"
+    return {"ok": ok, "agree": agree, "dissent": dissent, "needed": needed, "message": message}
 
 
 def failure_reason(task, result) -> str:
@@ -137,13 +171,17 @@ def envoy_endpoint(clusters: str, cluster: str, endpoint: str) -> dict:
 
 
 def report(plan: Mapping, hostvars, check_mode: bool = False) -> str:
-    """Where the rollout left each host, and the inventory's pin when it names another version."""
+    """Where the rollout left each host, the callers that were down, and the inventory's pin when
+    it names another version."""
     service, version = plan["service"], plan["version"]
     if check_mode:
         moving = [name for name in plan["hosts"] if (hostvars.get(name) or {}).get("deploy_previous") != version]
         text = f"Check mode, nothing changed: {service} {version} would go to {', '.join(moving) or 'no host'}."
     else:
         text = f"{service} {version} runs on {', '.join(plan['hosts'])}."
+    down = callers_down(plan, hostvars)
+    if down:
+        text += f" Callers down, not asked: {', '.join(down)}."
     if plan["pinned"] != version:
         text += (
             f" The inventory pins {plan['pinned'] or 'the newest'}: set sevenleague_services.{service}.version to "
@@ -158,6 +196,8 @@ class FilterModule:
             "sevenleague_deploy_plan": deploy_plan,
             "sevenleague_deploy_later": later_hosts,
             "sevenleague_deploy_unchecked": unchecked,
+            "sevenleague_deploy_callers_down": callers_down,
+            "sevenleague_deploy_quorum": quorum,
             "sevenleague_deploy_report": report,
             "sevenleague_failure_reason": failure_reason,
             "sevenleague_envoy_endpoint": envoy_endpoint,

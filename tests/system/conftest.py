@@ -400,6 +400,29 @@ def stopped(name: str):
         _close_ssh_master(name)
 
 
+# SSH refused on a lab host (a table of the test's own, ahead of the role's): down as the
+# controller sees it, while its services go on.
+REFUSE_SSH = (
+    "nft add table inet sl_unreachable && nft add chain inet sl_unreachable input "
+    "'{ type filter hook input priority -10 ; }' && "
+    "nft add rule inet sl_unreachable input tcp dport 22 reject with tcp reset"
+)
+
+
+@contextlib.contextmanager
+def unreachable(name: str):
+    """The lab host `name` out of the controller's reach for the block, its services still running
+    (cheaper than `stopped`: nothing to boot or wait for afterwards)."""
+    container = lab.container_name(name)
+    lab.podman("exec", container, "sh", "-c", REFUSE_SSH)
+    _close_ssh_master(name)
+    try:
+        yield
+    finally:
+        lab.podman("exec", container, "nft", "delete", "table", "inet", "sl_unreachable", check=False)
+        _close_ssh_master(name)
+
+
 LOAD_TOOL = ROOT / "bench" / "load.py"
 
 

@@ -23,7 +23,18 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import LAB_HOSTS, REPORTS, ROOT, SSH_CONFIG, ansible_playbook, lab, renewal_roles, steady_load, stopped
+from conftest import (
+    LAB_HOSTS,
+    REPORTS,
+    ROOT,
+    SSH_CONFIG,
+    ansible_playbook,
+    lab,
+    renewal_roles,
+    steady_load,
+    stopped,
+    unreachable,
+)
 
 APP1, APP2, APP3 = "app1.sevenleague.test", "app2.sevenleague.test", "app3.sevenleague.test"
 MONITOR = "mon1.sevenleague.test"
@@ -208,6 +219,20 @@ def test_a_host_that_is_down_stops_the_rollout_before_it_starts(published):
         run = deploy(GOOD, log="deploy-host-down.log")
     assert run.rc != 0
     assert f"{APP3} did not answer" in run.output and "nothing was deployed" in run.output
+    assert versions(published) == {APP2: PINNED, APP3: PINNED}
+
+
+def test_a_caller_that_is_down_is_named_and_stops_the_deploy_only_when_asked_to_be_strict(published):
+    """app1, greeter's caller, out of the controller's reach: the deploy goes on without asking it
+    (in check mode here, which stops before the first change), unless the operator wants every caller."""
+    with unreachable(APP1):
+        relaxed = deploy(GOOD, "--check", log="deploy-caller-down.log")
+        strict = deploy(GOOD, "--check", "-e", "deploy_strict_callers=true", log="deploy-caller-down-strict.log")
+    assert relaxed.rc == 0, relaxed.output[-3000:]
+    assert f"Callers down, not asked whether a host is drained or healthy: {APP1}" in relaxed.output
+    assert f"would go to {APP2}, {APP3}" in relaxed.output, relaxed.output[-3000:]
+    assert strict.rc != 0
+    assert f"{APP1} did not answer" in strict.output and "nothing was deployed" in strict.output
     assert versions(published) == {APP2: PINNED, APP3: PINNED}
 
 

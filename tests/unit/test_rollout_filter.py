@@ -91,6 +91,70 @@ def test_hosts_that_did_not_pass_the_checks_are_named_once():
     assert rollout.unchecked(plan(), everyone) == []
 
 
+def test_a_caller_that_is_down_is_named_and_stops_the_deploy_only_when_strict():
+    targets_up = {**HOSTVARS, **{name: {"deploy_checked": True} for name in ("app2", "app3", "app4")}}
+    assert rollout.unchecked(plan(), targets_up) == []
+    assert rollout.unchecked(plan(), targets_up, strict=True) == ["app1"]
+    assert rollout.callers_down(plan(), targets_up) == ["app1"]
+    assert "Callers down, not asked: app1." in rollout.report(plan(), targets_up)
+    everyone = {name: {"deploy_checked": True} for name in NAMES}
+    assert rollout.callers_down(plan(), everyone) == [] and "Callers down" not in rollout.report(plan(), everyone)
+
+
+def views(**flags_by_caller):
+    """A looped uri result: each caller's /clusters with app2's endpoint in the given health state."""
+    return {
+        "results": [
+            {"item": name, "content": f"upstream_greeter::10.0.0.22:10444::health_flags::{flags}\n"}
+            for name, flags in flags_by_caller.items()
+        ]
+    }
+
+
+def callers(*names):
+    return {**plan(), "callers": list(names)}
+
+
+@pytest.mark.parametrize(
+    "flags, ok, needed",
+    [
+        # One liar among three is outvoted either way.
+        ({"c1": "healthy", "c2": "healthy", "c3": "/failed_active_hc"}, True, 2),
+        ({"c1": "/failed_active_hc", "c2": "/failed_active_hc", "c3": "healthy"}, False, 2),
+        # Two: both must agree.
+        ({"c1": "healthy", "c2": "/failed_active_hc"}, False, 2),
+        # One caller asked: its word.
+        ({"c1": "healthy"}, True, 1),
+        ({"c1": "/failed_active_hc"}, False, 1),
+        # Nobody to ask (every caller down): /healthz alone judged the host.
+        ({}, True, 0),
+    ],
+)
+def test_a_majority_of_the_callers_asked_decides(flags, ok, needed):
+    verdict = rollout.quorum(views(**flags), callers("c1", "c2", "c3"), "10.0.0.22:10444", "healthy")
+    assert (verdict["ok"], verdict["needed"]) == (ok, needed), verdict
+    assert sorted(verdict["agree"] + verdict["dissent"]) == sorted(flags)
+
+
+def test_strict_wants_every_caller_of_the_plan():
+    two_of_three = views(c1="healthy", c2="healthy")
+    verdict = rollout.quorum(two_of_three, callers("c1", "c2", "c3"), "10.0.0.22:10444", "healthy", strict=True)
+    assert not verdict["ok"] and verdict["needed"] == 3
+    assert (
+        "2 of the 2 callers asked see 10.0.0.22:10444 healthy (c1, c2); 3 needed (every caller)" in verdict["message"]
+    )
+
+
+def test_the_quorum_of_drained_names_who_still_sends_requests():
+    content = "upstream_greeter::10.0.0.22:10444::health_flags::/failed_active_hc\n"
+    busy = content + "upstream_greeter::10.0.0.22:10444::rq_active::3\n"
+    result = {"results": [{"item": "c1", "content": content}, {"item": "c2", "content": busy}]}
+    verdict = rollout.quorum(result, callers("c1", "c2"), "10.0.0.22:10444", "drained")
+    assert not verdict["ok"] and verdict["dissent"] == ["c2"] and "not: c2" in verdict["message"]
+    with pytest.raises(AnsibleFilterError, match="drained or healthy"):
+        rollout.quorum(result, callers("c1"), "10.0.0.22:10444", "up")
+
+
 @pytest.mark.parametrize(
     "result, reason",
     [
@@ -137,14 +201,19 @@ def test_a_callers_view_of_an_endpoint(endpoint, drained, healthy, flags, active
 
 
 def test_the_report_says_where_each_host_stands_and_what_the_inventory_pins():
-    hostvars = {"app2": {"deploy_previous": "1.1.0-1"}, "app3": {"deploy_previous": "1.2.0-1"}, "app4": {}}
+    hostvars = {
+        "app1": {"deploy_checked": True},
+        "app2": {"deploy_previous": "1.1.0-1"},
+        "app3": {"deploy_previous": "1.2.0-1"},
+        "app4": {},
+    }
     assert rollout.report(plan(), hostvars, check_mode=True) == (
         "Check mode, nothing changed: greeter 1.2.0-1 would go to app2, app4. The inventory pins 1.1.0-1: set "
         "sevenleague_services.greeter.version to 1.2.0-1, or the next site.yml installs that again."
     )
     assert rollout.report(plan(version="1.1.0-1"), hostvars) == "greeter 1.1.0-1 runs on app2, app3, app4."
     assert "pins the newest:" in rollout.report(plan("lonely"), hostvars)
-    everyone = {name: {"deploy_previous": "1.2.0-1"} for name in NAMES}
+    everyone = {name: {"deploy_previous": "1.2.0-1", "deploy_checked": True} for name in NAMES}
     assert "would go to no host." in rollout.report(plan(), everyone, check_mode=True)
 
 
