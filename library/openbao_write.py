@@ -20,7 +20,9 @@ requirements:
   - Nothing beyond Python; OpenBao's API through the collection's C(openbao) module_utils, the client the hosts' tool uses too.
 options:
   url:
-    description: Address of OpenBao, e.g. C(https://ca1.example.internal:8200).
+    description:
+      - Address of OpenBao, e.g. C(https://ca1.example.internal:8200), or C(unix:///run/openbao/api.sock) for
+        the server's unix listener, run on the server itself (plain HTTP; O(ca_cert) is not used).
     type: str
     required: true
   token:

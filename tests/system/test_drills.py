@@ -6,10 +6,12 @@ completes every layer, and a rerun heals the lost host and changes nothing on
 the others.  (The layers before are the same plays: the drill runs the ones a
 host is still reachable for at the start, so the lost host misses several.)
 
-OpenBao sealed after a restart: a certificate run and a host's own renewal stop
-with an error that says so and what to do, nothing on the host changes, and the
-documented unseal (the openbao playbook's init tag, with the holders'
-passphrases) brings renewals back.
+OpenBao sealed after a restart: its API port refuses every host (a fleet host
+cannot reset the unseal), a certificate run and a host's own renewal stop with
+an error that says it may be sealed and what to do, nothing on the host changes,
+and the documented unseal (the openbao playbook's init tag, with the holders'
+passphrases, through OpenBao's unix listener) opens the port and brings
+renewals back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import time
 
 import pytest
 from conftest import (
@@ -97,11 +98,14 @@ def test_a_rerun_heals_the_lost_host_and_changes_nothing_on_the_others(host_lost
     assert json.loads(greeting.stdout)["greeter"]["greeting"] == "Hello, drill!"
 
 
-UNSEAL_HINT = "is sealed: unseal it (see roles/openbao/README.md)"
+# A sealed OpenBao's API port refuses connections: the answer every client gets.
+UNSEAL_HINT = "or sealed, its API port closed until it is unsealed: unseal it (see roles/openbao/README.md)"
+SOCKET_STATUS = "BAO_ADDR=unix:///run/openbao/api.sock bao status -format=json"
+SERVER_CA_ON_HOSTS = "/etc/sevenleague/pki/openbao-server-ca.pem"
 
 
 def health() -> dict:
-    """OpenBao's health, as the controller reads it (sealed answers 503, still with the JSON)."""
+    """OpenBao's health, as the controller reads it ({} when its port refuses, as while sealed)."""
     answer = subprocess.run(
         ["curl", "-sS", "--max-time", "10", "--cacert", str(SERVER_CA), f"{OPENBAO}/v1/sys/health"],
         capture_output=True,
@@ -113,13 +117,16 @@ def health() -> dict:
 @pytest.fixture(scope="module")
 def sealed(hosts):
     """OpenBao restarted (it comes back sealed); what the fleet sees; then the documented unseal."""
-    app1 = hosts[APP1]
-    hosts[CA_HOST].check_output("systemctl restart openbao")
+    app1, ca = hosts[APP1], hosts[CA_HOST]
+    # systemctl returns once OpenBao is ready (Type=notify), sealed.
+    ca.check_output("systemctl restart openbao")
     try:
-        deadline = time.monotonic() + 60
-        while not health().get("sealed") and time.monotonic() < deadline:
-            time.sleep(1)
-        state = health()
+        state = json.loads(ca.run(SOCKET_STATUS).stdout or "{}")
+        reset = app1.run(
+            f"curl -sS --max-time 3 --cacert {SERVER_CA_ON_HOSTS} -X PUT --data '{{\"reset\": true}}' "
+            f"{OPENBAO}/v1/sys/unseal"
+        )
+        after_reset = json.loads(ca.run(SOCKET_STATUS).stdout or "{}")
         before = {"serial": serial(app1), "release": app1.file(CURRENT).linked_to}
         run = ansible_playbook(
             "playbooks/pki.yml",
@@ -142,6 +149,8 @@ def sealed(hosts):
     renewed = app1.run(f"sevenleague-pki renew --force --config {CONFIG}")
     return {
         "state": state,
+        "reset": reset,
+        "after_reset": after_reset,
         "before": before,
         "run": run,
         "timer": timer,
@@ -155,6 +164,12 @@ def sealed(hosts):
 
 def test_openbao_comes_back_sealed_after_a_restart(sealed):
     assert sealed["state"].get("initialized") and sealed["state"].get("sealed"), sealed["state"]
+
+
+def test_no_fleet_host_reaches_the_unseal_while_openbao_is_sealed(sealed):
+    # curl's exit 7: the connection was refused, before any byte of HTTP.
+    assert sealed["reset"].rc == 7, sealed["reset"].stdout + sealed["reset"].stderr
+    assert sealed["after_reset"].get("sealed"), sealed["after_reset"]
 
 
 def test_a_certificate_run_against_a_sealed_openbao_says_so_and_changes_nothing(sealed):

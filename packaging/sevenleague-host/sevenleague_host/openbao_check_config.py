@@ -2,8 +2,9 @@
 
 `bao operator diagnose` parses the file, loads the TLS certificate and key, opens the storage and
 the listeners. The running server holds the Raft database and the ports, so the check runs on a
-copy whose storage is an empty temporary directory and whose listeners bind to port 0; everything
-else is the file as written. Exit 0 when diagnose finds no failure (warnings are fine).
+copy whose storage is an empty temporary directory and whose listeners bind to port 0 (a unix
+listener to a socket in that directory); everything else is the file as written. Exit 0 when
+diagnose finds no failure (warnings are fine).
 
     sevenleague-openbao-check-config /etc/openbao/openbao.hcl.tmp
 """
@@ -41,10 +42,13 @@ def main(argv):
         for storage in (config.get("storage") or {}).values():
             storage["path"] = os.path.join(scratch, "raft")
             os.mkdir(storage["path"], 0o700)
-        for listener in config.get("listener") or []:
-            for settings in listener.values():
-                settings["address"] = "127.0.0.1:0"
-                settings["cluster_address"] = "127.0.0.1:0"
+        for number, listener in enumerate(config.get("listener") or []):
+            for kind, settings in listener.items():
+                if kind == "unix":
+                    settings["address"] = os.path.join(scratch, f"listener-{number}.sock")
+                else:
+                    settings["address"] = "127.0.0.1:0"
+                    settings["cluster_address"] = "127.0.0.1:0"
         copy = os.path.join(scratch, "openbao.hcl")
         with open(copy, "w", encoding="utf-8") as handle:
             json.dump(config, handle)

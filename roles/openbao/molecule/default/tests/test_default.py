@@ -498,3 +498,85 @@ def test_every_request_lands_in_the_audit_log_with_its_secrets_hashed(ca, client
     assert all(token not in json.dumps(e) for e in entries), "a token in clear in the audit log"
     assert logins[-1]["auth"]["client_token"].startswith("hmac-sha256:")
     assert ca.file("/etc/logrotate.d/openbao-audit").contains("/var/log/openbao/audit.log")
+
+
+SOCKET = "/run/openbao/api.sock"
+GATE = "/usr/local/sbin/sevenleague-openbao-gate"
+REFUSED = "ConnectionRefusedError"
+
+# What a rooted host sends to keep OpenBao sealed: the answer's status, or why there was none.
+_UNSEAL = """
+import socket, ssl, sys, urllib.error, urllib.request
+url, body = sys.argv[1:3]
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, body.encode(), method="PUT"), context=context, timeout=3) as a:
+        print(a.status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+except urllib.error.URLError as error:
+    print(type(error.reason).__name__)
+"""
+# The same through the unix listener, by a local user.
+_SOCKET = f"""
+import socket
+try:
+    socket.socket(socket.AF_UNIX).connect("{SOCKET}")
+    print("connected")
+except OSError as error:
+    print(type(error).__name__)
+"""
+
+
+def unseal_attempt(host, address: str, body: str, user: str = "root") -> str:
+    url = f"https://{address}:8200/v1/sys/unseal"
+    return host.check_output("runuser -u %s -- python3 -c %s %s %s", user, _UNSEAL, url, body)
+
+
+def seal_status(ca) -> dict:
+    """OpenBao's own word, through the unix listener (bao status exits 2 while sealed)."""
+    return json.loads(ca.run(f"BAO_ADDR=unix://{SOCKET} bao status -format=json").stdout)
+
+
+def test_no_fleet_host_or_local_user_can_reset_an_unseal_and_the_role_s_unseal_opens_the_port(ca, client):
+    """After a restart one holder has given a share; a rooted fleet host then sends {"reset": true} and
+    a bogus share, and so does a local user on OpenBao's host (loopback, the unix listener), also after
+    the baseline's firewall was reloaded and restarted. None reaches OpenBao: the port refuses at once,
+    the share stays counted. The role's unseal, through the unix listener, finishes and opens the port."""
+    address = ca_address(ca)
+    share = unvault(SECRETS / "unseal-ops-a.vault", HOLDERS["ops-a"])["keys_base64"][0]
+    bogus = json.dumps({"key": base64.b64encode(b"\x01" * 33).decode()})
+    ca.check_output("systemctl restart openbao")
+    try:
+        assert seal_status(ca)["sealed"] and ca.check_output(f"{GATE} status") == "closed"
+        ca.check_output(f"BAO_ADDR=unix://{SOCKET} bao operator unseal {share}")
+        assert seal_status(ca)["progress"] == 1
+        for body in ('{"reset": true}', bogus):
+            assert unseal_attempt(client, address, body) == REFUSED
+            assert unseal_attempt(ca, "127.0.0.1", body, user="nobody") == REFUSED
+        assert ca.check_output("runuser -u nobody -- python3 -c %s", _SOCKET) == "PermissionError"
+        ca.check_output("systemctl reload nftables && systemctl restart nftables")
+        assert unseal_attempt(client, address, '{"reset": true}') == REFUSED
+        assert seal_status(ca)["progress"] == 1 and seal_status(ca)["sealed"]
+        # Opening is refused while sealed.
+        assert ca.run(f"{GATE} open").rc == 1 and ca.check_output(f"{GATE} status") == "closed"
+    finally:
+        run = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                os.environ["MOLECULE_INVENTORY_FILE"],
+                "--tags",
+                "openbao_init",
+                str(SCENARIO / "converge.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert not seal_status(ca)["sealed"] and ca.check_output(f"{GATE} status") == "open"
+    assert not health(client, ca)["sealed"]
+    # Once unsealed, a reset is refused by OpenBao itself.
+    assert unseal_attempt(client, address, '{"reset": true}') == "400"

@@ -2,22 +2,28 @@
 
 Only the standard library, so the same file runs in an Ansible module on the controller and,
 shipped by the sevenleague-pki package, in the timer on a Debian host. Every request has a
-timeout and verifies TLS against `ca_cert` (the system trust store without it). Errors are
+timeout and verifies TLS against `ca_cert` (the system trust store without it); a `unix://` URL
+is OpenBao's unix listener on this host, plain HTTP on a socket only root can open. Errors are
 OpenBaoError, one line naming OpenBao and the cause, with `retry` set when waiting may help
 (unreachable, sealed, 429, 5xx); Refused is every other 4xx, with OpenBao's `errors`.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 
 SEALED_HINT = "unseal it (see roles/openbao/README.md)"
+# The openbao role closes the API port from each start of the service until it is unsealed.
+REFUSED_HINT = f"OpenBao is stopped, or sealed, its API port closed until it is unsealed: {SEALED_HINT}"
 REQUEST_TIMEOUT = 10
+UNIX = "unix://"
 
 
 class OpenBaoError(Exception):
@@ -64,6 +70,27 @@ def network_reason(reason, timeout: float = REQUEST_TIMEOUT) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
     return str(reason)
+
+
+def _unix_opener(path: str) -> urllib.request.OpenerDirector:
+    """urllib over the unix socket at `path`; no proxy, whatever the environment says."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Connection, req)
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), Handler())
 
 
 def quote(path: str) -> str:
@@ -124,9 +151,14 @@ class OpenBao:
         token = token if token is not None else self.token
         if token:
             headers["X-Vault-Token"] = token
-        request = urllib.request.Request(f"{self.url}/v1/{quote(path)}", data=data, method=method, headers=headers)
+        base = "http://localhost" if self.url.startswith(UNIX) else self.url
+        request = urllib.request.Request(f"{base}/v1/{quote(path)}", data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, context=self.context(client_cert), timeout=self.timeout) as answer:
+            if self.url.startswith(UNIX):
+                answer = _unix_opener(self.url[len(UNIX) :]).open(request, timeout=self.timeout)
+            else:
+                answer = urllib.request.urlopen(request, context=self.context(client_cert), timeout=self.timeout)
+            with answer:
                 payload = answer.read()
         except urllib.error.HTTPError as exc:
             errors = errors_of(exc.read() or b"")
@@ -146,6 +178,8 @@ class OpenBao:
             reason = network_reason(exc.reason, self.timeout)
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
                 reason += f" (does {self.ca_cert or 'the system trust store'} hold the CA of OpenBao's listener?)"
+            if isinstance(exc.reason, ConnectionRefusedError) and not self.url.startswith(UNIX):
+                reason += f" ({REFUSED_HINT})"
             raise OpenBaoError(f"cannot reach OpenBao at {self.url} ({what}): {reason}", retry=True) from None
         except OSError as exc:  # a timeout or reset while reading the answer
             raise OpenBaoError(
@@ -191,8 +225,10 @@ class OpenBao:
 
 
 __all__ = [
+    "REFUSED_HINT",
     "REQUEST_TIMEOUT",
     "SEALED_HINT",
+    "UNIX",
     "OpenBao",
     "OpenBaoError",
     "Refused",
