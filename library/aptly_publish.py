@@ -15,7 +15,8 @@ description:
     hosts that installed the first would never get the second and apt would report a hash mismatch;
     publish a new version instead. The whole batch is checked before anything is added.
   - New files are added to the repository, a snapshot named C(<repo>-<UTC time>) is taken, and the
-    publication is switched to it (the first run publishes it), which signs the new indexes.
+    publication is switched to it (the first run publishes it), which signs the new indexes with
+    I(gpg_key), or leaves them unsigned without it (the apt_repo role signs them on the controller).
   - With no files it makes sure the repository and its publication exist, so clients can
     C(apt update) before the first package. A publication that lags behind the repository (a run
     interrupted between adding and switching) is brought up to date.
@@ -44,9 +45,8 @@ options:
     description: C(Label) of the publication's Release file, like I(origin).
     type: str
   gpg_key:
-    description: Fingerprint of the signing key.
+    description: Fingerprint of the signing key; without it aptly signs nothing (C(-skip-signing)).
     type: str
-    required: true
   gnupghome:
     description: GnuPG home holding the signing key; GNUPGHOME for aptly.
     type: path
@@ -63,8 +63,6 @@ EXAMPLES = r"""
   aptly_publish:
     repo: sevenleague
     distribution: sevenleague
-    gpg_key: 0DD26A9A5D05466058AF8EC0F5F432DA2AC44E71
-    gnupghome: /var/lib/apt-repo/gnupg
     debs: [/var/lib/apt-repo/incoming/greeter_1.1.0-1_all.deb]
 """
 
@@ -248,7 +246,7 @@ def publish(run, params: dict, check_mode: bool = False, now: datetime.datetime 
     snapshot = snapshot_name(repo, aptly.snapshots(), now or datetime.datetime.now(datetime.UTC))
     if not check_mode:
         aptly("snapshot", "create", snapshot, "from", "repo", repo)
-        sign = [f"-gpg-key={params['gpg_key']}"]
+        sign = [f"-gpg-key={params['gpg_key']}"] if params.get("gpg_key") else ["-skip-signing"]
         if pub is None:
             extra = [f"-{k}={params[k]}" for k in ("origin", "label") if params.get(k)]
             aptly(
@@ -278,7 +276,7 @@ def main() -> None:
             "component": {"type": "str", "default": "main"},
             "origin": {"type": "str"},
             "label": {"type": "str"},
-            "gpg_key": {"type": "str", "required": True},
+            "gpg_key": {"type": "str"},
             "gnupghome": {"type": "path"},
             "debs": {"type": "list", "elements": "path", "default": []},
         },

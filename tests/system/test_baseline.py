@@ -63,37 +63,49 @@ REPO = "repo1.sevenleague.test"
 REPO_FACT = "/etc/ansible/facts.d/apt_repo.fact"
 
 
-def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path):
-    """The repository is recorded on the controller at the first converge, and its key pinned: a
-    repository host that reports another key (one that lost its GnuPG home, or a rooted one that
-    made its own) stops the run and changes nothing; no host takes the key from its word."""
-    record = json.loads((ROOT / "inventories" / "lab" / ".apt" / "sevenleague.json").read_text())
-    assert len(record["fingerprint"]) == 40 and record["url"].startswith("http://")
-    app1, repo = hosts["app1.sevenleague.test"], hosts[REPO]
-    keyring_before = app1.file("/etc/apt/keyrings/sevenleague.asc").content_string
-    original = repo.check_output(f"base64 -w0 {REPO_FACT}")
-    stranger = repo.run(
+def stranger_key(host) -> str:
+    """A key made on `host`, as root there would make one."""
+    made = host.run(
         "export GNUPGHOME=$(mktemp -d) && gpg --batch --passphrase '' --quick-generate-key "
         "stranger ed25519 sign 0 2>/dev/null && gpg --armor --export stranger && rm -rf $GNUPGHOME"
     )
-    assert stranger.rc == 0, stranger.stderr
+    assert made.rc == 0, made.stderr
+    return made.stdout
+
+
+def test_a_repository_host_s_word_moves_no_host_to_another_key(hosts):
+    """The controller's record, written by apt_repo from the controller's own signing key, is where
+    hosts take the repository's key from. repo1 reporting another key (its fact forged by root there)
+    changes nothing on any host; a record whose key is not the fingerprint it names stops the run
+    before any change."""
+    record_file = ROOT / "inventories" / "lab" / ".apt" / "sevenleague.json"
+    record_text = record_file.read_text()
+    record = json.loads(record_text)
+    signing = subprocess.run(
+        ["gpg", "--homedir", str(ROOT / "inventories" / "lab" / ".apt" / "signing"), "--with-colons", "--list-keys"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"fpr:::::::::{record['fingerprint']}:" in signing, "the record names another key than the controller's"
+    assert record["url"] == f"http://{REPO_ADDRESS}/"
+    app1, repo = hosts["app1.sevenleague.test"], hosts[REPO]
+    keyring_before = app1.file("/etc/apt/keyrings/sevenleague.asc").content_string
+    original = repo.check_output(f"base64 -w0 {REPO_FACT}")
+    stranger = stranger_key(repo)
     fact = json.loads(base64.b64decode(original))
-    fact["public_key"] = stranger.stdout
+    fact.update(public_key=stranger, fingerprint="0" * 40, url="http://192.0.2.1/")
     forged = base64.b64encode(json.dumps(fact).encode()).decode()
     # Facts gathered in this run, not the controller's cache: what repo1 says now.
     fresh = {"ANSIBLE_GATHERING": "implicit"}
+    limit = ["--limit", f"app1.sevenleague.test,{REPO}", "--tags", "apt_client"]
     try:
         repo.check_output(f"echo {forged} | base64 -d > {REPO_FACT}")
-        run = ansible_playbook(
-            "playbooks/baseline.yml",
-            "--limit",
-            f"app1.sevenleague.test,{REPO}",
-            "--tags",
-            "apt_client",
-            log="baseline-new-repo-key.log",
-            env=fresh,
-        )
+        ignored = ansible_playbook("playbooks/baseline.yml", *limit, log="baseline-forged-repo-fact.log", env=fresh)
+        record_file.write_text(json.dumps({**record, "key": stranger}))
+        stopped = ansible_playbook("playbooks/baseline.yml", *limit, log="baseline-new-repo-key.log", env=fresh)
     finally:
+        record_file.write_text(record_text)
         repo.check_output(f"echo {original} | base64 -d > {REPO_FACT}")
         # The controller's fact cache holds repo1's forged word now: gather it again.
         ansible_playbook(
@@ -105,9 +117,11 @@ def test_a_new_repository_key_stops_the_run_until_it_is_accepted(hosts, tmp_path
             log="baseline-repo-key-back.log",
             env=fresh,
         )
-    assert run.rc != 0
-    assert "The internal repository's key changed" in run.output and record["fingerprint"] in run.output
-    assert run.recap["app1.sevenleague.test"]["changed"] == 0
+    assert ignored.rc == 0, ignored.output[-3000:]
+    assert ignored.recap["app1.sevenleague.test"]["changed"] == 0
+    assert stopped.rc != 0
+    assert "The internal repository's key is" in stopped.output and record["fingerprint"] in stopped.output
+    assert stopped.recap["app1.sevenleague.test"]["changed"] == 0
     assert app1.file("/etc/apt/keyrings/sevenleague.asc").content_string == keyring_before
 
 

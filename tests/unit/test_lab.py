@@ -54,6 +54,7 @@ def test_mirror_falls_back_to_the_debian_redirector(tmp_path):
         "inventories/site/.pki-previous/root.key",
         "inventories/site/.pki-retired/20260101T000000Z/root.key",
         "inventories/site/.openbao/init.vault",
+        "inventories/site/.apt/signing/private-keys-v1.d/0123.key",
         ".lab/openbao-passphrase",
     ],
 )

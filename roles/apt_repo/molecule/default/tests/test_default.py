@@ -1,15 +1,25 @@
 """The repository host and a client after converge: the client installs from
 the signed repository, publishing is safe, and only the fleet reaches it."""
 
+import datetime
+import email.utils
+import json
 import os
+import re
+import shutil
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 import testinfra
 
 BASEDIR = "/srv/apt"
-PUBLIC = f"{BASEDIR}/public"
-GNUPGHOME = "/var/lib/apt-repo/gnupg"
+SERVED = f"{BASEDIR}/served"
+# The controller state of the scenario (sevenleague_state_dir): the inventory's folder.
+STATE = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+SIGNING_HOME = STATE / ".apt" / "signing"
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 
 
 def get(name):
@@ -57,21 +67,44 @@ def test_installed_greeter_answers(client):
     assert client.check_output("curl -fsS http://127.0.0.1:8081/healthz") == '{"status": "ok"}'
 
 
-def test_indexes_are_signed_by_the_published_key(repo):
-    check = repo.run(
-        f"gpg --dearmor < {PUBLIC}/sevenleague-archive-keyring.asc > /tmp/keyring.gpg && "
-        f"gpg --batch --no-default-keyring --keyring /tmp/keyring.gpg --verify {PUBLIC}/dists/sevenleague/InRelease"
+def test_the_repository_host_holds_no_secret_key(repo):
+    """Root on the repository host finds no key to sign with: not the one it once had (prepare.yml
+    made it there), nor any other."""
+    assert not repo.file("/var/lib/apt-repo/gnupg").exists
+    for home in ("/var/lib/apt-repo/gnupg", "/root/.gnupg"):
+        listed = repo.run(f"gpg --homedir {home} --batch --with-colons --list-secret-keys")
+        assert "\nsec:" not in "\n" + listed.stdout, listed.stdout
+    assert repo.run("find / -xdev -path '*/private-keys-v1.d/*' -type f").stdout == ""
+    assert repo.run(f"grep -rl 'PRIVATE KEY' {BASEDIR}").stdout == ""
+
+
+def test_the_served_inrelease_verifies_with_the_controller_s_key_and_expires(repo, tmp_path):
+    """The record clients follow names the controller's key (moved from the host's own), and the
+    served InRelease is signed by it with a Valid-Until in the future."""
+    keyring = tmp_path / "controller.gpg"
+    keyring.write_bytes(
+        subprocess.run(["gpg", "--homedir", str(SIGNING_HOME), "--export"], check=True, capture_output=True).stdout
     )
-    assert check.rc == 0, check.stderr
-
-
-def test_private_key_stays_in_its_root_only_home(repo):
-    home = repo.file(GNUPGHOME)
-    assert home.user == "root" and home.mode == 0o700
-    public = repo.check_output(f"gpg --batch --show-keys --with-colons {PUBLIC}/sevenleague-archive-keyring.asc")
-    assert public.startswith("pub:") and "\nsec:" not in public
-    served = repo.run(f"grep -rl 'PRIVATE KEY' {BASEDIR}")
-    assert served.stdout == ""
+    fingerprint = (
+        subprocess.run(
+            ["gpg", "--homedir", str(SIGNING_HOME), "--with-colons", "--list-secret-keys"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.split("\nfpr:")[1]
+        .split(":")[8]
+    )
+    record = json.loads((STATE / ".apt" / "sevenleague.json").read_text())
+    assert record["fingerprint"] == fingerprint
+    inrelease = tmp_path / "InRelease"
+    inrelease.write_text(repo.file(f"{SERVED}/dists/sevenleague/InRelease").content_string)
+    check = subprocess.run(["gpgv", "--keyring", str(keyring), str(inrelease)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    until = re.search(r"^Valid-Until: (.*)$", inrelease.read_text(), re.MULTILINE)
+    assert until, "no Valid-Until in the served InRelease"
+    assert email.utils.parsedate_to_datetime(until[1]) > datetime.datetime.now(datetime.UTC)
+    assert repo.file(f"{SERVED}/dists/sevenleague").is_symlink
 
 
 @pytest.mark.parametrize(
@@ -98,14 +131,7 @@ def test_hosts_outside_the_fleet_cannot_reach_the_repository(repo_address):
 def publish(deb):
     """The apt_repo publish step's module, run on the repository host."""
     repo = through_ansible("sl-molecule-repo")
-    fingerprint = repo.ansible("setup", "filter=ansible_local")["ansible_facts"]["ansible_local"]["apt_repo"][
-        "fingerprint"
-    ]
-    return repo.ansible(
-        "aptly_publish",
-        f"repo=sevenleague distribution=sevenleague gpg_key={fingerprint} gnupghome={GNUPGHOME} debs={deb}",
-        check=False,
-    )
+    return repo.ansible("aptly_publish", f"repo=sevenleague distribution=sevenleague debs={deb}", check=False)
 
 
 def test_publishing_the_same_file_again_changes_nothing(repo):
@@ -125,22 +151,35 @@ def test_a_changed_file_with_a_published_version_is_refused(repo):
     # testinfra hands back the module's result; the refusal is its message.
     assert "already published from a different file" in result.get("msg", ""), result
     assert "raise the version" in result["msg"]
-    published = repo.check_output(f"sha256sum {PUBLIC}/pool/main/g/greeter/*.deb").split()[0]
+    published = repo.check_output(f"sha256sum {SERVED}/pool/main/g/greeter/*.deb").split()[0]
     assert published == repo.check_output(f"sha256sum {deb}").split()[0]
 
 
-def test_every_published_version_stays_installable(repo, client, greeter_version):
-    """A rollback needs nothing rebuilt: the older version is still in the index."""
+def test_every_published_version_stays_installable(repo, client, greeter_version, tmp_path):
+    """A rollback needs nothing rebuilt: the older version is still in the index. Published through
+    the role's entry point: aptly, the controller's signature and the switch of the served indexes."""
     newer = greeter_version.replace("-", ".1-", 1)
-    rebuilt = repo.run(
-        f"rm -rf /tmp/newer && dpkg-deb -R {repo_incoming(repo)} /tmp/newer"
-        f" && sed -i 's/^Version: .*/Version: {newer}/' /tmp/newer/DEBIAN/control"
-        f" && dpkg-deb --root-owner-group --build /tmp/newer /tmp/greeter_{newer}_all.deb"
+    built = sorted((PROJECT / ".." / ".." / "build" / "debs").glob(f"greeter_{greeter_version}_*.deb"))[0]
+    tree, deb = tmp_path / "tree", tmp_path / f"greeter_{newer}_all.deb"
+    subprocess.run(["dpkg-deb", "-R", str(built), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {newer}", control.read_text(), flags=re.MULTILINE))
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    before = repo.check_output(f"readlink {SERVED}/dists/sevenleague")
+    run = subprocess.run(
+        [
+            shutil.which("ansible-playbook"),
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(Path(__file__).parents[1] / "publish_files.yml"),
+            "-e",
+            json.dumps({"publish_files": [str(deb)]}),
+        ],
+        capture_output=True,
+        text=True,
     )
-    assert rebuilt.rc == 0, rebuilt.stderr
-    result = publish(f"/tmp/greeter_{newer}_all.deb")
-    assert result.get("changed") is True and result["snapshot"] != result["previous_snapshot"], result
-    assert result["previous_snapshot"] in repo.check_output("aptly snapshot list -raw").split()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert repo.check_output(f"readlink {SERVED}/dists/sevenleague") != before
     client.run("apt-get update -qq")
     madison = client.check_output("apt-cache madison greeter")
     assert newer in madison and greeter_version in madison
