@@ -1,17 +1,21 @@
 """A client's journal reaches the aggregator over RELP with mutual TLS, filed under the client's
 inventory name; the queue keeps messages through an aggregator outage and a client restart; the
-listener refuses clients without a certificate from the fleet's CA; impstats reaches the textfile."""
+listener refuses clients without a certificate from the fleet's CA; impstats reaches the textfile;
+one host flooding gets its rate and its share of the disk, the others' lines keep arriving."""
 
+import base64
 import json
 import re
 import shlex
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import testinfra
 
 AGGREGATOR, CLIENT = "sl-molecule-rsyslog-logs", "sl-molecule-rsyslog-client"
+HOSTS = (AGGREGATOR, CLIENT)
 LOG_DIR = "/var/log/hosts"
 CURRENT = "/etc/sevenleague/pki/current"
 HOOK = "/etc/sevenleague/pki/hooks.d/60-restart-rsyslog"
@@ -338,3 +342,101 @@ def test_the_disk_guard_stops_rsyslog_below_its_threshold_and_starts_only_what_i
         assert not aggregator.service("rsyslog").is_running
     finally:
         aggregator.check_output("systemctl start syslog.socket rsyslog.service sevenleague-rsyslog-diskguard.timer")
+
+
+SENDER = Path(__file__).with_name("relp_send.py")
+RATE = 128 * 1024  # rsyslog_aggregator_host_rate_kib in molecule.yml, in bytes
+GUARD = "/usr/local/lib/sevenleague/sevenleague-rsyslog-diskguard"
+
+
+def install_sender(host):
+    encoded = base64.b64encode(SENDER.read_bytes()).decode()
+    host.check_output(f"echo {encoded} | base64 -d > /run/sl-relp-send.py")
+
+
+def relp_send(target, tag, lines, started=""):
+    """The command that sends `lines` lines under `tag` over RELP to `target`, with the host's certificate."""
+    return f"python3 /run/sl-relp-send.py {target} 2514 {AGGREGATOR} {CURRENT} {tag} {lines} {started}"
+
+
+def numbers(host, path):
+    return {int(n) for n in re.findall(r"\bn=(\d+) ", file_text(host, path))}
+
+
+def test_one_host_flooding_neither_slows_nor_stops_the_others(aggregator, client):
+    """The client floods the RELP port as fast as the aggregator acknowledges, with its own
+    certificate, as a rooted host can. Meanwhile another sender's lines (the aggregator's own
+    address, so another source) all arrive; the flood gets no more than its rate, and loses
+    nothing: it waits in the flooder."""
+    lines, target = 4500, address(aggregator)
+    flood, fair = f"sl-flood-{uuid.uuid4().hex[:8]}", f"sl-fair-{uuid.uuid4().hex[:8]}"
+    install_sender(client)
+    install_sender(aggregator)
+    client.check_output(
+        f"systemd-run --unit {flood} --collect /bin/sh -c "
+        + shlex.quote(f"{relp_send(target, flood, lines, f'/run/{flood}.started')} > /run/{flood}.json")
+    )
+    try:
+        wait_for(lambda: client.file(f"/run/{flood}.started").exists, what="the flood started")
+        aggregator.check_output(relp_send(target, fair, 50))
+        path = f"{LOG_DIR}/{AGGREGATOR}/{fair}.log"
+        wait_for(lambda: numbers(aggregator, path) == set(range(50)), timeout=15, what="the other sender's lines")
+        assert client.run(f"systemctl is-active --quiet {flood}").rc == 0, "the flood ended before they arrived"
+        result = json.loads(
+            wait_for(lambda: file_text(client, f"/run/{flood}.json").strip(), timeout=120, what="the flood's end")
+        )
+    finally:
+        client.run(f"systemctl stop {flood}; rm -f /run/{flood}.*")
+    # nftables' bucket holds the rate plus the burst (two seconds' worth here) and refills at the
+    # rate; TLS, TCP and IP headers come on top of the RELP frames counted here. Limited, the flood
+    # takes some 7 s; unlimited, about a second on a busy machine: far over this bound.
+    assert result["bytes"] >= lines * 200, result
+    assert result["bytes"] <= 1.5 * RATE * (2 + result["seconds"]), result
+    path = f"{LOG_DIR}/{CLIENT}/{flood}.log"
+    wait_for(lambda: numbers(aggregator, path) == set(range(lines)), what="every line of the flood")
+
+
+def share_drops(aggregator):
+    chain = aggregator.check_output("nft list chain inet sevenleague_rsyslog input")
+    return int(re.search(r"saddr @over_share4 counter packets (\d+)", chain).group(1))
+
+
+def test_a_host_over_its_share_of_the_disk_is_refused_alone_until_it_is_below(aggregator, client):
+    """The guard, run with a share just above both hosts' files, finds the client over it
+    (a file standing for a flood's output): the client's RELP packets are dropped, the other
+    sender's lines arrive. Below its share again, the client is let back and delivers what it kept."""
+    padding, table = f"{LOG_DIR}/{CLIENT}/sl-share-padding.log", "/etc/sevenleague/rsyslog/hosts.json"
+    install_sender(aggregator)
+    aggregator.check_output("systemctl stop sevenleague-rsyslog-diskguard.timer")
+    try:
+        # Above what both hosts have, so that the padding alone puts the client over it.
+        share = 1 + max(int(aggregator.check_output(f"du -s -m {LOG_DIR}/{name}").split()[0]) for name in HOSTS)
+        aggregator.check_output(f"head -c {(share + 2) << 20} /dev/zero > {padding}")
+        out = aggregator.check_output(f"{GUARD} -s {share} -t {table} 1 {LOG_DIR}")
+        assert f"{CLIENT} ({address(client)})" in out and "more than its share" in out, out
+        assert AGGREGATOR not in out, out
+        listed = aggregator.check_output("nft list set inet sevenleague_rsyslog over_share4")
+        assert address(client) in listed and address(aggregator) not in listed, listed
+        token, fair = uuid.uuid4().hex, f"sl-fair-{uuid.uuid4().hex[:8]}"
+        drops = share_drops(aggregator)
+        client.check_output(f"logger -t sl-share 'kept {token}'")
+        wait_for(lambda: share_drops(aggregator) > drops, what="the client's packets dropped")
+        aggregator.check_output(relp_send(address(aggregator), fair, 20))
+        wait_for(
+            lambda: numbers(aggregator, f"{LOG_DIR}/{AGGREGATOR}/{fair}.log") == set(range(20)),
+            timeout=15,
+            what="the other sender's lines",
+        )
+        assert token not in file_text(aggregator, f"{LOG_DIR}/{CLIENT}/sl-share.log")
+        aggregator.check_output(f"rm {padding}")
+        out = aggregator.check_output(f"{GUARD} -s {share} -t {table} 1 {LOG_DIR}")
+        assert f"{CLIENT} ({address(client)})" in out and "accepting its RELP packets again" in out, out
+        wait_for(
+            lambda: token in file_text(aggregator, f"{LOG_DIR}/{CLIENT}/sl-share.log"),
+            timeout=60,
+            what="the client's kept line",
+        )
+    finally:
+        aggregator.run(f"rm -f {padding}")
+        aggregator.run(f"nft delete element inet sevenleague_rsyslog over_share4 '{{ {address(client)} }}'")
+        aggregator.check_output("systemctl start sevenleague-rsyslog-diskguard.timer")
