@@ -25,6 +25,12 @@ description:
     a SAN outside O(allowed_domains)/O(allowed_networks), a O(ttl) above O(max_ttl), and a key
     weaker than ECDSA P-256 or RSA-2048. The CSR's subject and extensions are ignored; the CA sets
     them. Every call issues a new certificate; the host's C(sevenleague-pki status) decides first.
+  - C(state=signed) keeps every certificate it issues under C(issued/<serial>.pem) until it expires,
+    so a host's certificates can be listed and revoked.
+  - C(state=crl) revokes the serials of O(revoke) and every still valid certificate issued to a CN of
+    O(revoke_names), and keeps C(crl.pem), the intermediate's CRL, current (made again when something
+    was revoked or less than half of O(crl_lifetime) is left). The same for each CA of O(other_ca_dirs)
+    (a CA rollover's other CA). RV(crl) holds every CRL, PEM. The root signs no CRL.
   - "Files in O(ca_dir) (mode 0700): C(root.crt), C(root.key), C(intermediate.crt),
     C(intermediate.key) (keys 0600), C(chain.pem) (intermediate, then root). All are written
     atomically, under a lock (C(.lock)), so parallel runs cannot mix two CAs."
@@ -33,10 +39,10 @@ requirements:
 options:
   state:
     description:
-      - C(ca) ensures the CA exists, C(signed) issues a certificate.
+      - C(ca) ensures the CA exists, C(signed) issues a certificate, C(crl) revokes and keeps the CRL current.
     type: str
     required: true
-    choices: [ca, signed]
+    choices: [ca, signed, crl]
   ca_dir:
     description:
       - Directory of the CA on the controller. Keep it out of version control.
@@ -108,6 +114,31 @@ options:
       - The longest O(ttl) this CA grants; a longer request fails.
     type: int
     default: 604800
+  revoke:
+    description:
+      - With O(state=crl), serial numbers (hex) of certificates to revoke.
+    type: list
+    elements: str
+    default: []
+  revoke_names:
+    description:
+      - With O(state=crl), revoke every still valid certificate issued for one of these CNs (a host's name).
+    type: list
+    elements: str
+    default: []
+  crl_lifetime:
+    description:
+      - With O(state=crl), seconds from a new CRL's thisUpdate to its nextUpdate. A host that holds an
+        expired CRL refuses every peer, so keep it far above the time between converges.
+    type: int
+    default: 604800
+  other_ca_dirs:
+    description:
+      - With O(state=crl), further CA folders whose intermediate also signs a CRL (same passphrase); folders
+        without an intermediate key are skipped.
+    type: list
+    elements: path
+    default: []
 notes:
   - Supports check mode. With O(state=ca) nothing is written; with O(state=signed) every check runs
     but nothing is signed, and RV(certificate) is empty.
@@ -185,6 +216,20 @@ ca:
   description: The root CA certificate, PEM.
   returned: state is signed
   type: str
+crl:
+  description: The CRL of O(ca_dir)'s intermediate, then those of O(other_ca_dirs), PEM.
+  returned: state is crl
+  type: str
+revoked:
+  description: Serials revoked by this run (in check mode, that would be).
+  returned: state is crl
+  type: list
+  elements: str
+known_names:
+  description: CNs of the certificates O(ca_dir) issued that have not expired (the hosts it knows).
+  returned: state is crl
+  type: list
+  elements: str
 ttl_clipped:
   description: Whether the certificate ends earlier than asked because the intermediate expires first.
   returned: state is signed
@@ -220,10 +265,14 @@ info:
 """
 
 
+import os
+
+from ansible_collections.sevenleague.platform.plugins.module_utils.ca_crl import ensure_crl, issued_names, record_issued
 from ansible_collections.sevenleague.platform.plugins.module_utils.ca_sign import sign_csr
 from ansible_collections.sevenleague.platform.plugins.module_utils.ca_store import ensure_ca, load_ca
 from ansible_collections.sevenleague.platform.plugins.module_utils.pki import (
     HAS_CRYPTOGRAPHY,
+    PKIError,
 )
 from ansible_collections.sevenleague.platform.plugins.module_utils.pki_module import run_ansible_module
 
@@ -232,7 +281,7 @@ if HAS_CRYPTOGRAPHY:
 
 
 ARGUMENT_SPEC = {
-    "state": {"type": "str", "required": True, "choices": ["ca", "signed"]},
+    "state": {"type": "str", "required": True, "choices": ["ca", "signed", "crl"]},
     "ca_dir": {"type": "path", "required": True},
     "ca_name": {"type": "str", "default": "sevenleague"},
     "root_passphrase": {"type": "str", "no_log": True},
@@ -246,8 +295,43 @@ ARGUMENT_SPEC = {
     "sans": {"type": "list", "elements": "str"},
     "ttl": {"type": "int", "default": 86400},
     "max_ttl": {"type": "int", "default": 604800},
+    "revoke": {"type": "list", "elements": "str", "default": []},
+    "revoke_names": {"type": "list", "elements": "str", "default": []},
+    "crl_lifetime": {"type": "int", "default": 604800},
+    "other_ca_dirs": {"type": "list", "elements": "path", "default": []},
 }
-REQUIRED_IF = [("state", "ca", ["root_passphrase", "intermediate_passphrase"]), ("state", "signed", ["csr", "sans"])]
+REQUIRED_IF = [
+    ("state", "ca", ["root_passphrase", "intermediate_passphrase"]),
+    ("state", "signed", ["csr", "sans"]),
+    ("state", "crl", ["intermediate_passphrase"]),
+]
+
+
+def crls(params: dict, check_mode: bool) -> dict:
+    """Revoke in, and keep the CRL of, the active CA and each other CA folder that can sign."""
+    if params["crl_lifetime"] < 3600:
+        raise PKIError(f"crl_lifetime {params['crl_lifetime']} s is below an hour: hosts would refuse every peer")
+    results = []
+    for ca_dir in [params["ca_dir"]] + [d for d in params["other_ca_dirs"] if d != params["ca_dir"]]:
+        if ca_dir != params["ca_dir"] and not os.path.exists(os.path.join(ca_dir, "intermediate.key")):
+            continue
+        ca = load_ca(ca_dir, params["intermediate_passphrase"])
+        results.append(
+            ensure_crl(
+                ca_dir,
+                ca,
+                revoke=params["revoke"] if ca_dir == params["ca_dir"] else [],
+                revoke_names=params["revoke_names"],
+                lifetime=params["crl_lifetime"],
+                check_mode=check_mode,
+            )
+        )
+    return {
+        "changed": any(r["changed"] for r in results),
+        "crl": "".join(r["crl"] for r in results),
+        "revoked": [s for r in results for s in r["revoked"]],
+        "known_names": issued_names(params["ca_dir"]),
+    }
 
 
 def run(params: dict, check_mode: bool) -> dict:
@@ -265,8 +349,10 @@ def run(params: dict, check_mode: bool) -> dict:
             intermediate_days=params["intermediate_lifetime_days"],
             check_mode=check_mode,
         )
+    if state == "crl":
+        return crls(params, check_mode)
     ca = load_ca(params["ca_dir"], params["intermediate_passphrase"])
-    return sign_csr(
+    result = sign_csr(
         ca,
         params["csr"],
         params["sans"],
@@ -277,6 +363,9 @@ def run(params: dict, check_mode: bool) -> dict:
         allow_wildcard=params["allow_wildcard"],
         check_mode=check_mode,
     )
+    if result["certificate"]:
+        record_issued(params["ca_dir"], result["certificate"])
+    return result
 
 
 def main() -> None:

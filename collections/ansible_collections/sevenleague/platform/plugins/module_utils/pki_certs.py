@@ -56,6 +56,14 @@ def not_after(cert: x509.Certificate) -> datetime.datetime:
     return value if value is not None else cert.not_valid_after.replace(tzinfo=UTC)
 
 
+def crl_updates(crl) -> tuple[datetime.datetime, datetime.datetime | None]:
+    """A CRL's thisUpdate and nextUpdate, UTC-aware, whatever the cryptography version (Debian 12 has 38)."""
+    last = getattr(crl, "last_update_utc", None) or crl.last_update.replace(tzinfo=UTC)
+    if hasattr(crl, "next_update_utc"):
+        return last, crl.next_update_utc
+    return last, crl.next_update.replace(tzinfo=UTC) if crl.next_update is not None else None
+
+
 def is_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when `issuer`'s name and key signed `cert`."""
     if cert.issuer != issuer.subject:
