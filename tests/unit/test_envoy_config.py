@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -640,6 +641,51 @@ def test_the_tool_writes_both_secrets_with_certificate_chain_and_key_together(pk
     assert serial in result.stdout
 
 
+def crl_of(ca: ThrowawayCA, serials: list[str], next_update: datetime.datetime) -> str:
+    """The intermediate's CRL revoking `serials` (hex), as the CA backends make it."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.intermediate.subject)
+        .last_update(NOW - datetime.timedelta(days=8))
+        .next_update(next_update)
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(NOW).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_the_tool_puts_the_crl_beside_the_releases_into_the_validation_context(pki, ca, tmp_path, admin_socket):
+    base, serial = pki
+    crl = crl_of(ca, [serial], NOW + datetime.timedelta(days=7))
+    (base / "crl.pem").write_text(crl)
+    sds = tmp_path / "sds"
+    sds.mkdir()
+    result = run_tool(base / "current", sds, admin_socket)
+    assert result.returncode == 0, result.stderr
+    assert "1 CRL(s)" in result.stdout
+    [trust] = json.loads((sds / "ca.yaml").read_text())["resources"]
+    # The roots publish no CRL: only the peer's own certificate is checked against it.
+    assert trust["validation_context"] == {
+        "trusted_ca": {"inline_string": (base / "current" / "ca.pem").read_text()},
+        "crl": {"inline_string": crl},
+        "only_verify_leaf_cert_crl": True,
+    }
+
+
+def test_an_expired_crl_is_left_out_with_a_warning(pki, ca, tmp_path, admin_socket):
+    base, serial = pki
+    (base / "crl.pem").write_text(crl_of(ca, [serial], NOW - datetime.timedelta(minutes=1)))
+    sds = tmp_path / "sds"
+    sds.mkdir()
+    result = run_tool(base / "current", sds, admin_socket)
+    assert result.returncode == 0, result.stderr
+    assert "expired" in result.stderr and "0 CRL(s)" in result.stdout
+    [trust] = json.loads((sds / "ca.yaml").read_text())["resources"]
+    assert "crl" not in trust["validation_context"]
+
+
 def test_the_tool_renames_complete_files_into_place_and_leaves_equal_ones_alone(pki, tmp_path, monkeypatch):
     base, _ = pki
     sds = tmp_path / "sds"
@@ -853,3 +899,38 @@ def test_the_rollout_plan_names_the_hosts_and_their_callers_endpoints():
         match="gretter is not a service of sevenleague_services: one of frontend, greeter",
     ):
         envoy_servicemap.rollout(SERVICES, hosts, "gretter")
+
+
+@needs_envoy
+def test_envoy_takes_a_new_crl_without_a_restart_and_refuses_the_revoked_caller(running_envoy, ca, tmp_path):
+    """The attack at its cheapest: a caller's still valid certificate, accepted, then revoked: the
+    CRL beside the releases reaches Envoy through the tool (SDS) and the same handshake fails."""
+    base, sds, admin, cfg = running_envoy
+    caller = tmp_path / "app1"
+    caller_serial = ca.issue(caller, APP1, "127.0.0.21")
+    listener = next(item for item in cfg["lds"]["resources"] if item["name"] == "inbound_greeter")
+    port = listener["address"]["socket_address"]["port_value"]
+
+    def handshake() -> bool:
+        context = ssl.create_default_context(cafile=str(caller / "current" / "ca.pem"))
+        context.load_cert_chain(caller / "current" / "fullchain.pem", caller / "current" / "key.pem")
+        try:
+            with (
+                socket.create_connection(("127.0.0.22", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname=APP2) as tls,
+            ):
+                tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {APP2}\r\n\r\n".encode())
+                # TLS 1.3: a refused client certificate shows as an alert on the first read.
+                return bool(tls.recv(64))
+        except (ssl.SSLError, ConnectionError, OSError):
+            return False
+
+    assert handshake()
+    (base / "crl.pem").write_text(crl_of(ca, [caller_serial], NOW + datetime.timedelta(days=7)))
+    result = run_tool(base / "current", sds, admin)
+    assert result.returncode == 0, result.stderr
+    assert "1 CRL(s)" in result.stdout
+    wait = time.monotonic() + 10
+    while handshake() and time.monotonic() < wait:
+        time.sleep(0.2)
+    assert not handshake()

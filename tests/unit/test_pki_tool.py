@@ -289,7 +289,7 @@ class Host:
     def hook_runs(self) -> list[str]:
         return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []
 
-    def tool(self, *args: str, stdin: dict | None = None, journal: bool = False) -> subprocess.CompletedProcess:
+    def tool(self, *args: str, stdin: dict | str | None = None, journal: bool = False) -> subprocess.CompletedProcess:
         """The tool as systemd (journal) or the pki role runs it; one JSON object on stdout, every time."""
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": TOOL_PATH, "PYTHONDONTWRITEBYTECODE": "1"}
         if journal:
@@ -300,7 +300,7 @@ class Host:
             capture_output=True,
             text=True,
             timeout=60,
-            input=json.dumps(stdin) if stdin is not None else "",
+            input=stdin if isinstance(stdin, str) else json.dumps(stdin) if stdin is not None else "",
         )
         # journald reads the priority from each line's prefix: every line must carry one.
         prefixes = JOURNAL_PREFIXES if journal else PLAIN_PREFIXES
@@ -316,7 +316,7 @@ class Host:
         """`renew`, as the timer's unit runs it."""
         return self.tool("renew", "--config", str(self.config_path), *args, journal=True)
 
-    def command(self, name: str, *args: str, stdin: dict | None = None) -> subprocess.CompletedProcess:
+    def command(self, name: str, *args: str, stdin: dict | str | None = None) -> subprocess.CompletedProcess:
         """A command as the pki role runs it over SSH (no journal)."""
         return self.tool(name, "--config", str(self.config_path), *args, stdin=stdin)
 
@@ -396,6 +396,41 @@ def test_a_timer_run_with_nothing_to_renew_brings_the_metrics_up_to_date(host):
     assert host.metrics.read_text() == pki.textfile_metrics([(NAME, pki.cert_info(issued["cert"]))])
 
 
+def test_the_crl_comes_from_openbao_and_its_hooks_run_when_it_changes(host):
+    installed(host, 86400)
+    (host.hooks / "crl.d").mkdir()
+    (host.hooks / "crl.d" / "70-record").write_text(f'#!/bin/sh\necho crl >> "{host.hook_log}"\n')
+    (host.hooks / "crl.d" / "70-record").chmod(0o755)
+    first = host.command("crl")
+    assert first.returncode == 0, first.stderr
+    assert first.result["changed"] and first.result["crls"] == 1
+    crl = x509.load_pem_x509_crl((host.base / "crl.pem").read_bytes())
+    assert crl.next_update_utc > datetime.datetime.now(datetime.UTC)
+    assert host.hook_runs() == ["crl"]
+    again = host.command("crl")
+    assert not again.result["changed"] and host.hook_runs() == ["crl"]
+
+
+def test_an_expired_crl_is_refused_and_the_one_in_place_stays(host):
+    installed(host, 86400)
+    assert host.command("crl").returncode == 0
+    before = (host.base / "crl.pem").read_bytes()
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    expired = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")]))
+        .last_update(now - datetime.timedelta(days=8))
+        .next_update(now - datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    proc = host.command("crl", "--stdin", stdin=expired)
+    assert proc.returncode == 1 and "expired" in proc.result["msg"]
+    assert (host.base / "crl.pem").read_bytes() == before
+
+
 def test_a_valid_certificate_is_left_alone(host):
     issued = installed(host, 86400)
     assert host.command("publish").returncode == 0
@@ -412,7 +447,10 @@ def test_a_valid_certificate_is_left_alone(host):
         "serial": info["serial"],
         "not_after": info["not_after"],
     }
-    assert host.snapshot() == before
+    after = host.snapshot()
+    # The timer brought the issuer's CRL (OpenBao's, unauthenticated) next to the releases.
+    assert after["files"].pop("crl.pem").startswith(b"-----BEGIN X509 CRL-----")
+    assert after == before
     assert host.hook_runs() == []
 
 

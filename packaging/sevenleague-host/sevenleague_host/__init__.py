@@ -11,4 +11,4 @@ packaging/build.py builds them into the sevenleague-host package, with the colle
 module_utils they import (ansible_collections.sevenleague.platform.plugins.module_utils).
 """
 
-__version__ = "2.1.0"
+__version__ = "2.2.0"

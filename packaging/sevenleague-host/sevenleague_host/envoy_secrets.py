@@ -1,11 +1,12 @@
 """Hand the host's certificate to Envoy, and check that Envoy serves it.
 
-    sevenleague-envoy-secrets [--pki-dir DIR] [--sds-dir DIR] [--group NAME]
+    sevenleague-envoy-secrets [--pki-dir DIR] [--crl FILE] [--sds-dir DIR] [--group NAME]
                               [--admin-socket PATH] [--timeout SECONDS] [--check]
 
 Reads the pki role's current certificate (fullchain.pem, key.pem and the trust bundle
-ca.pem) and writes Envoy's two file-based SDS secrets: SDS_DIR/ca.yaml (the trust bundle)
-first, then SDS_DIR/host.yaml (certificate chain and key inline, in one file, so Envoy can
+ca.pem) and the issuers' CRLs (FILE, by default crl.pem beside DIR) and writes Envoy's two
+file-based SDS secrets: SDS_DIR/ca.yaml (the trust bundle with the CRLs, checked for the peer's
+own certificate only: the roots publish none) first, then SDS_DIR/host.yaml (certificate chain and key inline, in one file, so Envoy can
 never pair a new certificate with an old key). Each is written to a temporary file in the
 same directory and renamed over the old one (mode 0640, root and GROUP): Envoy watches the
 directory for renames and reloads the secrets without a restart. The content is JSON, which
@@ -17,8 +18,12 @@ still served after TIMEOUT seconds: Envoy has been seen to keep an old certifica
 change (envoy issue 39498). When the socket is missing or nothing listens on it, Envoy is not
 running and reads the files when it starts: nothing to wait for.
 
+A CRL whose nextUpdate has passed is left out, with a warning: Envoy would refuse every peer
+with it, and it lists nothing that still matters (certificates live a day, CRLs a week).
+
 The pki role runs it as the hook hooks.d/70-envoy after every switch to a new certificate
-(SEVENLEAGUE_PKI_DIR, SEVENLEAGUE_PKI_SERIAL), and the envoy role at every converge. Prints
+(SEVENLEAGUE_PKI_DIR, SEVENLEAGUE_PKI_SERIAL) and as hooks.d/crl.d/70-envoy after every new CRL,
+and the envoy role at every converge. Prints
 one line saying what it did; with --check, what it would do, changing nothing.
 Python 3 standard library only.
 """
@@ -26,6 +31,7 @@ Python 3 standard library only.
 from __future__ import annotations
 
 import argparse
+import datetime
 import grp
 import http.client
 import json
@@ -38,7 +44,9 @@ import time
 from cryptography import x509
 
 from ansible_collections.sevenleague.platform.plugins.module_utils.fileio import replace_file
+from ansible_collections.sevenleague.platform.plugins.module_utils.pki_certs import crl_updates
 
+PEM_CRL = re.compile(r"-----BEGIN X509 CRL-----\s+[A-Za-z0-9+/=\s]+?-----END X509 CRL-----")
 PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -63,6 +71,32 @@ def serial_of(pem: str) -> str:
     return text if len(text) % 2 == 0 else "0" + text
 
 
+def current_crls(path: str, now: datetime.datetime) -> tuple[str, list[str]]:
+    """(the CRLs of the file still in force, PEM; a warning per CRL left out). No file: no CRL."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return "", []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failure(f"cannot read {path}: {exc}") from None
+    kept, warnings = [], []
+    for match in PEM_CRL.finditer(text):
+        try:
+            crl = x509.load_pem_x509_crl(match.group(0).encode())
+        except ValueError as exc:
+            raise Failure(f"{path}: a CRL does not parse: {exc}") from None
+        _, end = crl_updates(crl)
+        if end is None or end <= now:
+            warnings.append(
+                f"{path}: the CRL of {crl.issuer.rfc4514_string()} expired at {end}; left out, or Envoy would refuse "
+                "every peer (`sevenleague-pki crl` or a converge of the pki layer brings a new one)"
+            )
+            continue
+        kept.append(match.group(0) + "\n")
+    return "".join(kept), warnings
+
+
 def read_identity(pki_dir: str) -> dict:
     """The three files of one release: the current link is resolved once, so a switch meanwhile cannot mix them."""
     release = os.path.realpath(pki_dir)
@@ -85,6 +119,16 @@ def read_identity(pki_dir: str) -> dict:
     return files
 
 
+def validation_context(identity: dict) -> dict:
+    """The trust bundle, and the CRLs when there are any. Only the leaf is checked against them:
+    the roots publish no CRL, and Envoy otherwise wants one for every CA of the chain."""
+    context = {"trusted_ca": {"inline_string": identity["ca.pem"]}}
+    if identity.get("crl"):
+        context["crl"] = {"inline_string": identity["crl"]}
+        context["only_verify_leaf_cert_crl"] = True
+    return context
+
+
 def documents(identity: dict) -> dict[str, str]:
     """file name -> content of the SDS files, in the order they are written: trust first, then identity."""
 
@@ -92,9 +136,7 @@ def documents(identity: dict) -> dict[str, str]:
         return json.dumps({"resources": [{"@type": SECRET_TYPE, **secret}]}, indent=1, sort_keys=True) + "\n"
 
     return {
-        "ca.yaml": response(
-            {"name": "ca", "validation_context": {"trusted_ca": {"inline_string": identity["ca.pem"]}}}
-        ),
+        "ca.yaml": response({"name": "ca", "validation_context": validation_context(identity)}),
         "host.yaml": response(
             {
                 "name": "host",
@@ -227,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pki-dir", default=os.environ.get("SEVENLEAGUE_PKI_DIR", "/etc/sevenleague/pki/current"))
+    parser.add_argument("--crl", help="the issuers' CRLs (PEM); default crl.pem beside --pki-dir")
     parser.add_argument("--sds-dir", default="/etc/envoy/sds")
     parser.add_argument("--group", default="envoy")
     parser.add_argument("--admin-socket", default="/run/envoy/admin.sock")
@@ -235,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         identity = read_identity(args.pki_dir)
+        crl_file = args.crl or os.path.join(os.path.dirname(os.path.normpath(args.pki_dir)), "crl.pem")
+        identity["crl"], warnings = current_crls(crl_file, datetime.datetime.now(datetime.UTC))
+        for warning in warnings:
+            print(f"sevenleague-envoy-secrets: {warning}", file=sys.stderr)
         announced = os.environ.get("SEVENLEAGUE_PKI_SERIAL", "").lower()
         if announced and announced.lstrip("0") != identity["serial"].lstrip("0"):
             # The current link moved on since the hook started: the newest certificate is the one to serve.
@@ -248,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sevenleague-envoy-secrets: {exc}", file=sys.stderr)
         return 1
     what = f"updated {' '.join(changed)}" if changed else "up to date"
-    print(f"{what}; certificate {identity['serial']}; Envoy {state}")
+    crls = identity["crl"].count("BEGIN X509 CRL")
+    print(f"{what}; certificate {identity['serial']}; {crls} CRL(s); Envoy {state}")
     return 0
 
 

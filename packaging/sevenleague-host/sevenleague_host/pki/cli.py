@@ -4,7 +4,8 @@
     sevenleague-pki request --config FILE   a new key on the host, and its CSR
     sevenleague-pki install --config FILE   check a signed certificate (stdin) and switch to it
     sevenleague-pki publish --config FILE   bring the local fact and the metrics up to date
-    sevenleague-pki renew   --config FILE   the timer: all of the above through OpenBao
+    sevenleague-pki renew   --config FILE   the timer: all of the above through OpenBao, and the CRL
+    sevenleague-pki crl     --config FILE   install the CRLs (stdin with --stdin, else from OpenBao)
     sevenleague-pki check-config FILE       validate a config before it is installed
 
 The pki role writes the config (<pki_dir>/<name>.json), decides with `status`, has
@@ -32,6 +33,7 @@ from sevenleague_host import __version__
 from sevenleague_host.journal import JournalFormatter
 from sevenleague_host.pki.common import FAILURES, OpenBao, log
 from sevenleague_host.pki.config import load_config
+from sevenleague_host.pki.crl import refresh
 from sevenleague_host.pki.decide import decide, publish, stale_publications
 from sevenleague_host.pki.install import install, request
 from sevenleague_host.pki.renew import renew, revoke_replaced
@@ -84,6 +86,11 @@ def command(args: argparse.Namespace) -> tuple[int, dict]:
                 raise pki.PKIError(f"nothing to publish: {why}")
             written = publish(cfg, cert_pem)
         return 0, {"changed": bool(written), "written": written}
+    if args.command == "crl":
+        text = sys.stdin.read() if args.stdin else None
+        with locked(cfg):
+            result = refresh(cfg, text, now_utc(), args.check)
+        return (1 if result["problems"] else 0), result
     return renew(cfg, args.force, args.check)
 
 
@@ -99,6 +106,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ("install", "check the signed {certificate, chain, ca} on stdin and switch to it"),
         ("publish", "bring the local fact and the metrics up to date"),
         ("renew", "renew through OpenBao when due (the timer)"),
+        ("crl", "install the issuers' CRLs, from stdin (--stdin) or OpenBao"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
@@ -106,6 +114,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         )
         if name == "status":
             cmd.add_argument("--expect", action="store_true", help="read the expected issuer and trust bundle on stdin")
+        if name == "crl":
+            cmd.add_argument("--stdin", action="store_true", help="read the CRLs (PEM) on stdin")
+            cmd.add_argument("--check", action="store_true", help="say whether the file would change; change nothing")
         if name == "renew":
             cmd.add_argument("--check", action="store_true", help="print the decision and change nothing")
             cmd.add_argument("--force", action="store_true", help="renew even when the certificate is not due")

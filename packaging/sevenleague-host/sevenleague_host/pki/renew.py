@@ -14,6 +14,8 @@ from ansible_collections.sevenleague.platform.plugins.module_utils.fileio import
 from sevenleague_host.pki.bao import fetch_issuer, login, revoke_token, sign
 from sevenleague_host.pki.common import FAILURES, PENDING_GRACE, OpenBao, Refused, RenewError, log
 from sevenleague_host.pki.config import Config
+from sevenleague_host.pki.crl import fetch as fetch_crls
+from sevenleague_host.pki.crl import install as install_crls
 from sevenleague_host.pki.decide import decide, publish
 from sevenleague_host.pki.install import discard_pending, install, request
 from sevenleague_host.pki.store import current_release, describe, locked, now_utc, read_current
@@ -103,6 +105,16 @@ def revoke_replaced(cfg: Config, bao: OpenBao) -> list[str]:
     return done
 
 
+def refresh_crl(cfg: Config, bao: OpenBao) -> list[str]:
+    """Bring the CRL file up to date from OpenBao at every timer run; problems, not failures:
+    the file in place stays, and its life (days) outlasts many missed runs."""
+    try:
+        return install_crls(cfg, fetch_crls(bao, cfg.bao.pki_mount), now_utc(), False)["problems"]
+    except (*FAILURES, OSError) as exc:
+        log.warning("cannot refresh the CRL now, the one in place stays: %s", exc)
+        return []
+
+
 def unusable_problem(cfg: Config, cert_pem: bytes | None, missing_why: str, now: datetime.datetime) -> str | None:
     """Why the current certificate cannot log in to OpenBao, or None when it can try.
 
@@ -164,6 +176,9 @@ def renew(cfg: Config, force: bool, check: bool) -> tuple[int, dict]:
                     revoked = revoke_replaced(cfg, bao)
                     # The clock check in the metrics is as of this run.
                     publish(cfg, cert_pem)
+                    problems = refresh_crl(cfg, bao)
+                if problems:
+                    return 1, {**result, "problems": problems}
                 if revoked:
                     result["revoked"] = revoked
         return 0, result
@@ -187,6 +202,7 @@ def renew(cfg: Config, force: bool, check: bool) -> tuple[int, dict]:
         except (*FAILURES, OSError, ValueError) as exc:
             raise pki.PKIError(f"no new certificate: {exc}; {keeps}") from None
         revoked = revoke_replaced(cfg, bao)
+        result["problems"] = result["problems"] + refresh_crl(cfg, bao)
     if revoked:
         result["revoked"] = revoked
     return (1 if result["problems"] else 0), result

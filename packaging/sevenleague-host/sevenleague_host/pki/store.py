@@ -57,7 +57,7 @@ def current_release(cfg: Config) -> str | None:
         return None
 
 
-def run_hooks(cfg: Config, serial: str) -> int:
+def run_hooks(cfg: Config, serial: str, directory: str | None = None) -> int:
     """Run the executable files of hooks_dir in name order; returns how many failed.
 
     The reload contract: after every switch to a new certificate, whoever issued it (a converge
@@ -66,8 +66,10 @@ def run_hooks(cfg: Config, serial: str) -> int:
     its consumer use the new files (a reload, or a check that it already does). A failing hook
     does not undo the switch: the certificate is right, the consumer is not, and rolling back
     would only make both wrong once the old certificate expires. The run fails loudly instead.
+    The CRL's hooks (`directory`, hooks_dir/crl.d) run the same way after the CRL file changed.
     """
-    if not cfg.hooks_dir or not os.path.isdir(cfg.hooks_dir):
+    hooks_dir = directory or cfg.hooks_dir
+    if not hooks_dir or not os.path.isdir(hooks_dir):
         return 0
     env = {
         **os.environ,
@@ -77,8 +79,8 @@ def run_hooks(cfg: Config, serial: str) -> int:
     }
     failures = 0
     keeps = f"certificate {serial} stays in place"
-    for name in sorted(os.listdir(cfg.hooks_dir)):
-        path = os.path.join(cfg.hooks_dir, name)
+    for name in sorted(os.listdir(hooks_dir)):
+        path = os.path.join(hooks_dir, name)
         try:
             mode = os.stat(path).st_mode
         except OSError:

@@ -1,7 +1,8 @@
 """frontend reaches greeter through both Envoys over mutual TLS; a caller without a certificate, with
 another CA's, or not allowed by the service map is refused; a local user cannot use Envoy's admin interface,
 and Envoy comes back after a clean exit; Prometheus's host scrapes the stats;
-a certificate rotation of both hosts under load fails no request and Envoy serves the new serial."""
+a certificate rotation of both hosts under load fails no request and Envoy serves the new serial;
+a retired host's certificate is refused once the CRL arrives."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import testinfra
 CALLEE, CALLER = "sl-molecule-envoy-greeter", "sl-molecule-envoy-frontend"
 CURRENT = "/etc/sevenleague/pki/current"
 SCENARIO = Path(__file__).resolve().parents[1]
+REPO = SCENARIO.parents[3]
 # Envoy's admin interface (envoy_admin_socket), and a local user without any rights.
 ADMIN = "/run/envoy/admin.sock"
 AS_NOBODY = "runuser -u nobody --"
@@ -245,3 +247,42 @@ def test_rotating_both_hosts_certificates_under_load_fails_no_request(callee, ca
     for name, host in ((CALLEE, callee), (CALLER, caller)):
         assert file_serial(host) != before[name], name
         assert envoy_serial(host) == file_serial(host), name
+
+
+def test_a_retired_hosts_certificate_is_refused_once_the_crl_arrives(callee, caller):
+    """playbooks/retire-host.yml revokes the caller's certificates and hands greeter's Envoy the CRL (SDS):
+    the still valid certificate it accepted a moment before is refused; a new one is accepted again."""
+    target = (CALLEE, address(callee))
+    assert https(caller, target, 8443, "/hello") == (0, "200")
+    inventory = ["-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    try:
+        retire = subprocess.run(
+            [
+                "ansible-playbook",
+                *inventory,
+                str(REPO / "playbooks" / "retire-host.yml"),
+                "-e",
+                f"retire_host={CALLER}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert retire.returncode == 0, retire.stdout[-3000:]
+        assert file_serial(caller) in retire.stdout.split("Revoked:", 1)[-1]
+        assert "-----BEGIN X509 CRL-----" in callee.file("/etc/sevenleague/pki/crl.pem").content_string
+        # Envoy applies a renamed SDS file as soon as its watch fires; allow it 30 s.
+        deadline = time.monotonic() + 30
+        while https(caller, target, 8443, "/hello") == (0, "200") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rc, code = https(caller, target, 8443, "/hello")
+        assert rc != 0 or code in ("", "000"), (rc, code)
+    finally:
+        restore = subprocess.run(
+            ["ansible-playbook", *inventory, str(SCENARIO / "rotate.yml"), "--limit", CALLER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert restore.returncode == 0, restore.stdout[-3000:]
+    assert https(caller, target, 8443, "/hello") == (0, "200")
