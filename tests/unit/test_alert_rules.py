@@ -37,6 +37,8 @@ BASE_URL = "https://git.example.test/sevenleague/-/blob/main/docs/runbooks"
 # tests/rules/slo*.test.yml expect the template rendered with this.
 SLOS = [{"service": "greeter", "objective": 0.999}]
 SEVERITIES = {"page", "ticket", "info"}
+# Runbooks an operator's decision starts, not an alert.
+OPERATOR_RUNBOOKS = {"host-compromised"}
 RUNBOOK_SECTIONS = ("what it means", "how to confirm", "what to do")
 
 
@@ -185,4 +187,6 @@ def test_the_runbook_index_lists_every_runbook_and_nothing_else():
     linked = set(re.findall(r"\]\(([A-Za-z0-9]+)\.md\)", index))
     assert linked == set(alerts())
     pages = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
-    assert pages == set(alerts())
+    # Besides the alerts' pages, the operator's own (no alert starts them), linked from the index too.
+    assert pages == set(alerts()) | OPERATOR_RUNBOOKS
+    assert all(f"]({name}.md)" in index for name in OPERATOR_RUNBOOKS)
