@@ -5,9 +5,10 @@ app2 is given its roles and a new certificate back afterwards, whatever happened
 
 from __future__ import annotations
 
+import json
 import time
 
-from conftest import CURRENT, ansible_playbook, renewal_roles, serial, wait_for
+from conftest import CURRENT, REPORTS, ansible_playbook, renewal_roles, serial, wait_for
 
 RETIRED, PEER = "app2.sevenleague.test", "app1.sevenleague.test"
 # app1's inbound listener (frontend's mesh_port): app2 may not call it (403 after the handshake), so
@@ -43,7 +44,16 @@ def test_a_retired_hosts_certificate_is_refused_by_the_fleet(hosts):
         assert "renew-" + RETIRED not in renewal_roles()
         # Still valid (24 h), but revoked: app1 refuses it.
         wait_for(lambda: handshake(app2)[0] != 0, REFUSED_WITHIN, 1, f"app1 refusing {RETIRED}'s certificate")
-        print(f"retire-host.yml took {took:.0f} s; app1 refused {RETIRED} within {REFUSED_WITHIN} s after it")
+        # The figures of docs/runbooks/host-compromised.md.
+        (REPORTS / "retire.json").write_text(
+            json.dumps(
+                {
+                    "retire_host_playbook_seconds": round(took, 1),
+                    "refused_seconds_after_decision": round(time.monotonic() - started, 1),
+                },
+                indent=1,
+            )
+        )
     finally:
         # Still in the inventory: the converge gives its roles back, then the controller a new certificate.
         back = ansible_playbook("playbooks/openbao.yml", "--tags", "openbao_init,openbao_pki", log="retire-back.log")
