@@ -1,7 +1,7 @@
 """A retired host's still valid certificate is refused by the rest of the fleet: playbooks/retire-host.yml
-revokes app2's certificates at OpenBao, deletes its roles and hands every other host the new CRL, and
-app1's Envoy then refuses app2's TLS handshake, within REFUSED_WITHIN seconds of the playbook's end.
-app2 is given its roles and a new certificate back afterwards, whatever happened."""
+revokes app1's certificates at OpenBao, deletes its roles and hands every other host the new CRL, and
+app2's Envoy then refuses app1's TLS handshake, within REFUSED_WITHIN seconds of the playbook's end.
+app1 is given its roles and a new certificate back afterwards, whatever happened."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import time
 
 from conftest import CURRENT, REPORTS, ansible_playbook, renewal_roles, serial, wait_for
 
-RETIRED, PEER = "app2.sevenleague.test", "app1.sevenleague.test"
-# app1's inbound listener (frontend's mesh_port): app2 may not call it (403 after the handshake), so
-# a handshake that completes gives a status, and a refused certificate gives none.
-PEER_MESH = ("10.213.7.21", 8444)
+RETIRED, PEER = "app1.sevenleague.test", "app2.sevenleague.test"
+# app2's inbound listener for greeter, which app1 (frontend) calls: its firewall lets app1 in, so a
+# handshake that completes gives an HTTP status, and a refused certificate gives none.
+PEER_MESH = ("10.213.7.22", 8443)
 # Envoy applies a renamed SDS file as soon as its directory watch fires: seconds, given 30.
 REFUSED_WITHIN = 30
 
 
 def handshake(host) -> tuple[int, str]:
-    """(curl's exit code, HTTP status) of app2 calling app1's Envoy with app2's current certificate."""
+    """(curl's exit code, HTTP status) of app1 calling app2's Envoy with app1's current certificate."""
     address, port = PEER_MESH
     run = host.run(
         f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {PEER}:{port}:{address} "
@@ -29,21 +29,21 @@ def handshake(host) -> tuple[int, str]:
 
 
 def test_a_retired_hosts_certificate_is_refused_by_the_fleet(hosts):
-    app2 = hosts[RETIRED]
-    before = serial(app2)
-    rc, code = handshake(app2)
-    assert rc == 0 and code == "403", (rc, code)
+    retired = hosts[RETIRED]
+    before = serial(retired)
+    rc, code = handshake(retired)
+    assert rc == 0 and code.isdigit() and code != "000", (rc, code)
     try:
         started = time.monotonic()
-        retired = ansible_playbook("playbooks/retire-host.yml", "-e", f"retire_host={RETIRED}", log="retire-app2.log")
+        run = ansible_playbook("playbooks/retire-host.yml", "-e", f"retire_host={RETIRED}", log="retire-app1.log")
         took = time.monotonic() - started
-        assert retired.rc == 0, retired.output[-3000:]
+        assert run.rc == 0, run.output[-3000:]
         # OpenBao names serials with separators (xx-xx-...), the tool without.
-        revoked = retired.output.split("Revoked:", 1)[-1].split("\n", 1)[0].replace("-", "").replace(":", "")
-        assert before.lower().lstrip("0") in revoked.lower(), retired.output[-3000:]
+        revoked = run.output.split("Revoked:", 1)[-1].split("\n", 1)[0].replace("-", "").replace(":", "")
+        assert before.lower().lstrip("0") in revoked.lower(), run.output[-3000:]
         assert "renew-" + RETIRED not in renewal_roles()
-        # Still valid (24 h), but revoked: app1 refuses it.
-        wait_for(lambda: handshake(app2)[0] != 0, REFUSED_WITHIN, 1, f"app1 refusing {RETIRED}'s certificate")
+        # Still valid (24 h), but revoked: app2 refuses it.
+        wait_for(lambda: handshake(retired)[0] != 0, REFUSED_WITHIN, 1, f"{PEER} refusing {RETIRED}'s certificate")
         # The figures of docs/runbooks/host-compromised.md.
         (REPORTS / "retire.json").write_text(
             json.dumps(
@@ -62,5 +62,5 @@ def test_a_retired_hosts_certificate_is_refused_by_the_fleet(hosts):
         )
     assert back.rc == 0, back.output[-3000:]
     assert reissued.rc == 0, reissued.output[-3000:]
-    assert serial(app2) != before
-    assert handshake(app2) == (0, "403")
+    assert serial(retired) != before
+    assert handshake(retired) == (rc, code)
