@@ -45,8 +45,8 @@ UNSEAL_HOLDERS = ("ops-a", "ops-b", "ops-c")
 # The openbao role's encrypted unseal keys: they belong to the containers'
 # OpenBao, so they go with the containers.
 OPENBAO_SECRETS = INVENTORY / ".openbao"
-# The controller's record of the lab repository, its URL and pinned key
-# (apt_client role): a new lab has a new repository and a new key.
+# The controller's record of the lab repository (its URL and key) and the
+# key that signs it (apt_repo role): a new lab has a new repository and key.
 APT_PINS = INVENTORY / ".apt"
 # NET_ADMIN so nftables works in the container's own network namespace,
 # NET_RAW for ping.  Never SYS_TIME: the clock belongs to the machine.
@@ -311,7 +311,7 @@ def down(cfg: dict) -> None:
         log(f"removing {OPENBAO_SECRETS.relative_to(ROOT)} (the removed OpenBao's keys)")
         shutil.rmtree(OPENBAO_SECRETS)
     if APT_PINS.exists():
-        log(f"removing {APT_PINS.relative_to(ROOT)} (the removed repository's record and pinned key)")
+        log(f"removing {APT_PINS.relative_to(ROOT)} (the removed repository's record and signing key)")
         shutil.rmtree(APT_PINS)
     if exists("network", cfg["network"]):
         log(f"removing network {cfg['network']}")
