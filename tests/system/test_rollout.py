@@ -236,6 +236,13 @@ def test_a_caller_that_is_down_is_named_and_stops_the_deploy_only_when_asked_to_
     assert versions(published) == {APP2: PINNED, APP3: PINNED}
 
 
+def configured_rules(ruleset: str) -> str:
+    """`nft list ruleset` without the elements that expire: the aggregator's per-sender rate meters
+    (roles/rsyslog) remember a source for a minute after its last packet, which is state, not a
+    rule any converge wrote."""
+    return "\n".join(line for line in ruleset.splitlines() if " expires " not in line)
+
+
 def rollout(state, version: str, log: str, *extra: str):
     with steady_load(state[APP1], URL, RATE) as load:
         time.sleep(2)
@@ -294,7 +301,7 @@ def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published)
         # the aggregator's sender table.
         stale = host.run(f"grep -rlIF -e {address} -e {APP3} /etc")
         assert stale.stdout.strip() == "", (name, stale.stdout)
-        assert address not in host.check_output("nft list ruleset"), name
+        assert address not in configured_rules(host.check_output("nft list ruleset")), name
     assert address not in published[APP1].check_output(
         "curl -sf --unix-socket /run/envoy/admin.sock http://localhost/clusters"
     )
