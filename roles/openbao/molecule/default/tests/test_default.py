@@ -155,6 +155,23 @@ def api(method, path, token="", body=None):
     return answer.status_code, (answer.json() if answer.content.strip() else {})
 
 
+def converge(tags: str) -> subprocess.CompletedProcess:
+    """The scenario's converge, only the role's steps of `tags`, as an operator reruns them."""
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--tags",
+            tags,
+            str(SCENARIO / "converge.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def ansible_token() -> str:
     return unvault(SECRETS / "ansible-token.vault", "molecule-only-openbao-passphrase")["token"]
 
@@ -343,19 +360,7 @@ def test_a_host_that_left_the_inventory_has_its_certificates_revoked_and_its_rol
         serial = signed["data"]["serial_number"]
         assert api("GET", f"pki_int/cert/{serial}", token)[1]["data"]["revocation_time"] == 0
 
-        run = subprocess.run(
-            [
-                "ansible-playbook",
-                "-i",
-                os.environ["MOLECULE_INVENTORY_FILE"],
-                "--tags",
-                "openbao_init,openbao_pki",
-                str(SCENARIO / "converge.yml"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        run = converge("openbao_init,openbao_pki")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
 
         assert api("GET", f"pki_int/cert/{serial}", token)[1]["data"]["revocation_time"] > 0
@@ -562,19 +567,7 @@ def test_no_fleet_host_or_local_user_can_reset_an_unseal_and_the_role_s_unseal_o
         # Opening is refused while sealed.
         assert ca.run(f"{GATE} open").rc == 1 and ca.check_output(f"{GATE} status") == "closed"
     finally:
-        run = subprocess.run(
-            [
-                "ansible-playbook",
-                "-i",
-                os.environ["MOLECULE_INVENTORY_FILE"],
-                "--tags",
-                "openbao_init",
-                str(SCENARIO / "converge.yml"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        run = converge("openbao_init")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert not seal_status(ca)["sealed"] and ca.check_output(f"{GATE} status") == "open"
     assert not health(client, ca)["sealed"]
