@@ -57,6 +57,10 @@ class Package:
     revision: str = REVISION
     # Packages this one takes over (Replaces and Breaks).
     replaces: list[str] = field(default_factory=list)
+    # gzip's level: 9 for the small packages; 6 for the 100-200 MB platform binaries, where 9
+    # takes more than twice as long for 0.4 % less (openbao: 21.6 s against 8.8 s, envoy:
+    # 11.4 s against 4.8 s, on the 2-core test machine).
+    compression: int = 9
 
     @property
     def full_version(self) -> str:
@@ -193,8 +197,9 @@ def packages() -> dict[str, Package]:
             user="envoy",
             start_on_install=False,
             sources=["packaging/envoy"],
-            # 2: the unit flushes the access log every second.
-            revision="2",
+            # 2: the unit flushes the access log every second. 3: gzip level 6.
+            revision="3",
+            compression=6,
         ),
         "openbao": Package(
             name="openbao",
@@ -213,6 +218,9 @@ def packages() -> dict[str, Package]:
             user="openbao",
             start_on_install=False,
             sources=["packaging/openbao"],
+            # 2: gzip level 6.
+            revision="2",
+            compression=6,
         ),
     }
 
@@ -285,7 +293,7 @@ def build(pkg: Package, out: Path, epoch: int) -> tuple[Path, bool]:
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         # gzip: xz takes minutes on the 100-200 MB platform binaries for little gain.
         subprocess.run(
-            ["dpkg-deb", "--root-owner-group", "-Zgzip", "-z9", "--build", str(root), str(candidate)],
+            ["dpkg-deb", "--root-owner-group", "-Zgzip", f"-z{pkg.compression}", "--build", str(root), str(candidate)],
             check=True,
             env=env,
             stdout=subprocess.DEVNULL,
