@@ -205,33 +205,54 @@ def failures(log: Path, limit: int = 60) -> str:
 MOLECULE_CONFIG = ROOT / ".config" / "molecule"
 
 
+def scenario_platforms(role: str, scenario: str) -> tuple[list[str], list[str]]:
+    """The scenario's container names and podman networks (its molecule.yml)."""
+    platforms = yaml.safe_load((ROOT / "roles" / role / "molecule" / scenario / "molecule.yml").read_text())
+    platforms = platforms.get("platforms", [])
+    return [p["name"] for p in platforms], sorted({p["network"] for p in platforms if p.get("network")})
+
+
+def remove_scenario_hosts(role: str, scenario: str) -> None:
+    """Remove the scenario's containers by name, at once (no shutdown: nothing on them is kept),
+    and its networks."""
+    names, networks = scenario_platforms(role, scenario)
+    if names:
+        subprocess.run(["podman", "rm", "--force", "--time", "0", *names], env=env(), capture_output=True)
+    if networks:
+        subprocess.run(["podman", "network", "rm", "--force", *networks], env=env(), capture_output=True)
+
+
 def fresh_scenario(role: str, scenario: str) -> Path:
     """Remove what an earlier run of the scenario left (its containers, by name, and its ephemeral
     folder, which Molecule would otherwise share between checkouts of the same role), and return
     the new folder. Molecule's own first destroy then has nothing to do and is left out
     (.config/molecule/test-run.yml)."""
-    platforms = yaml.safe_load((ROOT / "roles" / role / "molecule" / scenario / "molecule.yml").read_text())
-    names = [p["name"] for p in platforms.get("platforms", [])]
-    if names:
-        subprocess.run(["podman", "rm", "--force", "--time", "0", *names], env=env(), capture_output=True)
+    remove_scenario_hosts(role, scenario)
     ephemeral = ROOT / ".cache" / "molecule" / f"{role}-{scenario}"
     shutil.rmtree(ephemeral, ignore_errors=True)
     ephemeral.mkdir(parents=True)
     return ephemeral
 
 
-def molecule(role: str, scenario: str, tally: Tally, stream: bool) -> None:
+def molecule(role: str, scenario: str, tally: Tally, check_mode: bool, stream: bool) -> None:
+    """One scenario: create, prepare, converge, idempotence, check mode (left out by `make test`,
+    whose lab runs all of site.yml in check mode instead), verify; then its containers go."""
     log = REPORTS / f"molecule-{role}-{scenario}.log"
     ephemeral = fresh_scenario(role, scenario)
-    base = ["-c", str(MOLECULE_CONFIG / "config.yml"), "-c", str(MOLECULE_CONFIG / "test-run.yml")]
-    rc = run(
-        [str(VENV_BIN / "molecule"), *base, "test", "-s", scenario],
-        log=log,
-        cwd=ROOT / "roles" / role,
-        stream=stream,
-        extra_env={"MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral)},
-    )
-    tally.add(f"molecule: {role}/{scenario} (converge, idempotence, check, verify)", rc == 0)
+    sequence = "test-run.yml" if check_mode else "test-run-no-check.yml"
+    base = ["-c", str(MOLECULE_CONFIG / "config.yml"), "-c", str(MOLECULE_CONFIG / sequence)]
+    try:
+        rc = run(
+            [str(VENV_BIN / "molecule"), *base, "test", "-s", scenario],
+            log=log,
+            cwd=ROOT / "roles" / role,
+            stream=stream,
+            extra_env={"MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral)},
+        )
+    finally:
+        remove_scenario_hosts(role, scenario)
+    steps = "converge, idempotence, check, verify" if check_mode else "converge, idempotence, verify"
+    tally.add(f"molecule: {role}/{scenario} ({steps})", rc == 0)
     if rc != 0 and not stream:
         say(
             f"--- molecule {role}/{scenario} failed; its failures and the end of {log.relative_to(ROOT)}:\n"
@@ -373,7 +394,12 @@ def main() -> int:
         # Longest first (the budget's order of size), so the pool ends together.
         budget = load_budget().get("seconds", {})
         todo.sort(key=lambda rs: -budget.get(f"molecule {rs[0]}/{rs[1]}", 0))
-        jobs += [(f"molecule {role}/{scenario}", molecule, (role, scenario, tally)) for role, scenario in todo]
+        # make test leaves Molecule's check step to the lab, whose site.yml --check takes every
+        # role at once (tests/system/test_pki.py); make test-role keeps it.
+        check_mode = args.level == "roles"
+        jobs += [
+            (f"molecule {role}/{scenario}", molecule, (role, scenario, tally, check_mode)) for role, scenario in todo
+        ]
     if jobs:
         banner("roles (Molecule) and system (lab)" if len(jobs) > 1 else jobs[0][0])
         run_jobs(tally, jobs, args.jobs)

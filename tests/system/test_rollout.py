@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import testinfra
 from conftest import (
+    CONFIG,
     LAB_HOSTS,
     REPORTS,
     ROOT,
@@ -308,7 +309,11 @@ def test_a_host_taken_out_of_the_inventory_is_taken_out_of_every_peer(published)
     assert greeters(published[APP1], 20) == {APP2: 20}
     targets = json.loads(published[MONITOR].check_output("curl -sf http://127.0.0.1:9090/api/v1/targets"))
     assert not [t for t in targets["data"]["activeTargets"] if address in t["scrapeUrl"]]
-    # Its identity is retired: OpenBao has no renewal role for it, and its address is in no
-    # allow-list (ca1's included, checked above), so its still valid certificate renews nothing.
-    # (test_pki.py shows such a host's login refused.)
+    # Its identity is retired: OpenBao has no renewal role for it, and its still valid certificate
+    # logs in no more (its own login role is gone, the certificate revoked) and renews nothing.
     assert f"renew-{APP3}" not in renewal_roles()
+    app3 = published[APP3]
+    before = app3.check_output("openssl x509 -in /etc/sevenleague/pki/current/cert.pem -noout -serial")
+    refused = app3.run(f"sevenleague-pki renew --force --config {CONFIG}")
+    assert refused.rc != 0 and "refused the login" in refused.stdout + refused.stderr, refused.stderr
+    assert app3.check_output("openssl x509 -in /etc/sevenleague/pki/current/cert.pem -noout -serial") == before
