@@ -234,12 +234,12 @@ def fresh_scenario(role: str, scenario: str) -> Path:
     return ephemeral
 
 
-def molecule(role: str, scenario: str, tally: Tally, check_mode: bool, stream: bool) -> None:
-    """One scenario: create, prepare, converge, idempotence, check mode (left out by `make test`,
-    whose lab runs all of site.yml in check mode instead), verify; then its containers go."""
+def molecule(role: str, scenario: str, tally: Tally, reruns: bool, stream: bool) -> None:
+    """One scenario: create, prepare, converge, idempotence and check mode (left out by `make test`,
+    whose lab proves both for every role at once), verify; then its containers go."""
     log = REPORTS / f"molecule-{role}-{scenario}.log"
     ephemeral = fresh_scenario(role, scenario)
-    sequence = "test-run.yml" if check_mode else "test-run-no-check.yml"
+    sequence = "test-run.yml" if reruns else "make-test.yml"
     base = ["-c", str(MOLECULE_CONFIG / "config.yml"), "-c", str(MOLECULE_CONFIG / sequence)]
     try:
         rc = run(
@@ -251,7 +251,7 @@ def molecule(role: str, scenario: str, tally: Tally, check_mode: bool, stream: b
         )
     finally:
         remove_scenario_hosts(role, scenario)
-    steps = "converge, idempotence, check, verify" if check_mode else "converge, idempotence, verify"
+    steps = "converge, idempotence, check, verify" if reruns else "converge, verify"
     tally.add(f"molecule: {role}/{scenario} ({steps})", rc == 0)
     if rc != 0 and not stream:
         say(
@@ -394,12 +394,11 @@ def main() -> int:
         # Longest first (the budget's order of size), so the pool ends together.
         budget = load_budget().get("seconds", {})
         todo.sort(key=lambda rs: -budget.get(f"molecule {rs[0]}/{rs[1]}", 0))
-        # make test leaves Molecule's check step to the lab, whose site.yml --check takes every
-        # role at once (tests/system/test_pki.py); make test-role keeps it.
-        check_mode = args.level == "roles"
-        jobs += [
-            (f"molecule {role}/{scenario}", molecule, (role, scenario, tally, check_mode)) for role, scenario in todo
-        ]
+        # make test leaves Molecule's idempotence and check steps to the lab, whose rerun and
+        # site.yml --check take every role at once (.config/molecule/make-test.yml); make
+        # test-role keeps them.
+        reruns = args.level == "roles"
+        jobs += [(f"molecule {role}/{scenario}", molecule, (role, scenario, tally, reruns)) for role, scenario in todo]
     if jobs:
         banner("roles (Molecule) and system (lab)" if len(jobs) > 1 else jobs[0][0])
         run_jobs(tally, jobs, args.jobs)

@@ -30,6 +30,8 @@ def test_site_converges_every_host(site_runs):
 def test_second_site_run_changes_nothing(converged):
     # The second run is the one through ansible-runner (test_awx.py), from a
     # fresh copy of the project: no fact cache, no build cache on the controller.
+    # It is make test's proof of every role's idempotence (the scenarios' own
+    # idempotence step runs in make test-role).
     second = converged[1]
     assert second.rc == 0, second.output[-3000:]
     changed = {host: r["changed"] for host, r in second.recap.items() if r["changed"]}

@@ -192,7 +192,8 @@ def test_check_mode_right_after_a_rotation_is_clean(rotation):
     """site.yml in check mode on the fleet a rotation left: every role runs clean in check mode on a
     converged fleet (make test's proof of check mode, in place of a check step per Molecule
     scenario), and the rotation left nothing for any layer to change. (That a real rerun of
-    site.yml changes nothing is the AWX-style rerun's proof, test_baseline.py.)"""
+    site.yml changes nothing is the AWX-style rerun's proof, test_baseline.py, which stands in for
+    the scenarios' idempotence step the same way.)"""
     run = ansible_playbook("site.yml", "--check", log="site-check-after-rotation.log")
     assert run.rc == 0, run.output[-3000:]
     assert sorted(run.recap) == sorted([*LAB_HOSTS, "localhost"])
