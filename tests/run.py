@@ -239,8 +239,12 @@ def molecule(role: str, scenario: str, tally: Tally, reruns: bool, stream: bool)
     whose lab proves both for every role at once), verify; then its containers go."""
     log = REPORTS / f"molecule-{role}-{scenario}.log"
     ephemeral = fresh_scenario(role, scenario)
-    sequence = "test-run.yml" if reruns else "make-test.yml"
-    base = ["-c", str(MOLECULE_CONFIG / "config.yml"), "-c", str(MOLECULE_CONFIG / sequence)]
+    configs = [MOLECULE_CONFIG / "config.yml", MOLECULE_CONFIG / ("test-run.yml" if reruns else "make-test.yml")]
+    # Molecule skips a -c file that does not exist, and would run another sequence without a word.
+    missing = [str(path) for path in configs if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Molecule settings missing: {', '.join(missing)}")
+    base = [arg for path in configs for arg in ("-c", str(path))]
     try:
         rc = run(
             [str(VENV_BIN / "molecule"), *base, "test", "-s", scenario],
