@@ -186,8 +186,6 @@ def test_requests_through_the_mesh_all_succeed_while_every_certificate_rotates(r
         assert chain and chain[0].lower().lstrip("0") == serial(host).lower().lstrip("0"), (name, chain)
 
 
-# The layers of site.yml that hold a certificate or react to a new one: OpenBao's listener, the
-# hosts' certificates, and their consumers (rsyslog, node_exporter and Prometheus, Envoy).
 def test_check_mode_right_after_a_rotation_is_clean(rotation):
     """site.yml in check mode on the fleet a rotation left: every role runs clean in check mode on a
     converged fleet (make test's proof of check mode, in place of a check step per Molecule
